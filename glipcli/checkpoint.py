@@ -1,0 +1,288 @@
+"""Reading official GLIP checkpoints and reading/writing our own safetensors files.
+
+Official `.pth` files hold `{"model": state_dict, ...}` written from a DistributedDataParallel
+model (keys prefixed `module.`), with the official module paths. They are read with
+`torch.load(weights_only=True)` (no code can run), their keys are mapped onto our module tree,
+and any missing, unexpected or mis-shaped entry is reported by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from glipcli.config import GLIPConfig
+from glipcli.errors import GlipError
+from glipcli.modeling.anchors import cell_anchor
+
+FORMAT_TAG = "glipcli"
+
+# Checkpoint entries that the model recomputes; the official loader does not need them either.
+_DERIVED_KEYS = (
+    re.compile(r"^backbone\.swin\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$"),
+    re.compile(r"^language\.bert\.embeddings\.(position_ids|token_type_ids)$"),
+)
+_DYCONV_NAMES = {
+    "DyConv.0.conv.": "from_coarser.conv.",
+    "DyConv.0.bn.": "from_coarser.norm.",
+    "DyConv.1.conv.": "same_level.conv.",
+    "DyConv.1.bn.": "same_level.norm.",
+    "DyConv.2.conv.": "from_finer.conv.",
+    "DyConv.2.bn.": "from_finer.norm.",
+    "AttnConv.1.": "scale_attention.",
+    "relu.fc.0.": "dyrelu.fc1.",
+    "relu.fc.2.": "dyrelu.fc2.",
+    "offset.": "offset_mask.",
+}
+_HEAD_NAMES = {
+    "cls_logits.": "cls_logits.",
+    "bbox_pred.": "bbox_pred.",
+    "centerness.": "centerness.",
+    "dot_product_projection_text.": "token_projection.",
+}
+_HEAD_PARAMS = ("log_scale", "bias_lang", "bias0")
+
+
+def _map_dyconv(rest: str) -> str | None:
+    for old, new in _DYCONV_NAMES.items():
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return None
+
+
+def _map_official_key(key: str, early_fusion: bool) -> str | None:
+    """Our parameter name for an official state-dict key, or None if it has no counterpart."""
+    if key.startswith("backbone.body."):
+        return "backbone.swin." + key[len("backbone.body."):]
+    m = re.match(r"backbone\.fpn\.fpn_(inner|layer)(\d)\.(.+)$", key)
+    if m:
+        kind = "lateral_convs" if m.group(1) == "inner" else "output_convs"
+        return f"backbone.fpn.{kind}.{int(m.group(2)) - 2}.{m.group(3)}"
+    m = re.match(r"backbone\.fpn\.top_blocks\.(p6|p7)\.(.+)$", key)
+    if m:
+        return f"backbone.fpn.{m.group(1)}.{m.group(2)}"
+    if key.startswith("language_backbone.body.model."):
+        return "language.bert." + key[len("language_backbone.body.model."):]
+    m = re.match(r"rpn\.head\.dyhead_tower\.(\d+)\.(.+)$", key)
+    if m:
+        index, rest = int(m.group(1)), m.group(2)
+        if not early_fusion:
+            mapped = _map_dyconv(rest)
+            return None if mapped is None else f"head.layers.{index}.dyconv.{mapped}"
+        layer, part = divmod(index, 3)
+        if part == 0:
+            return f"head.layers.{layer}.fusion.{rest[len('b_attn.'):]}" if rest.startswith("b_attn.") else None
+        if part == 1:
+            return f"head.layers.{layer}.text_layer.{rest}"
+        mapped = _map_dyconv(rest)
+        return None if mapped is None else f"head.layers.{layer}.dyconv.{mapped}"
+    m = re.match(r"rpn\.head\.scales\.(\d+)\.scale$", key)
+    if m:
+        return f"head.scales.{m.group(1)}"
+    if key.startswith("rpn.head."):
+        rest = key[len("rpn.head."):]
+        if rest in _HEAD_PARAMS:
+            return "head." + rest
+        for old, new in _HEAD_NAMES.items():
+            if rest.startswith(old):
+                return "head." + new + rest[len(old):]
+    return None
+
+
+def is_official_state_dict(state: dict[str, Any]) -> bool:
+    return any(k.startswith(("backbone.body.", "rpn.head.", "language_backbone.body.")) for k in state)
+
+
+def _is_own_state_dict(state: dict[str, Any]) -> bool:
+    return any(k.startswith(("backbone.swin.", "head.layers.", "language.bert.")) for k in state)
+
+
+def convert_official_state_dict(state: dict[str, torch.Tensor], cfg: GLIPConfig
+                                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map an official (prefix-stripped) state dict onto our names.
+
+    Returns (mapped, unmapped official keys). The official anchor buffers are checked against
+    the config's anchors (a mismatch means the config does not fit the checkpoint)."""
+    mapped: dict[str, torch.Tensor] = {}
+    unmapped: list[str] = []
+    for key, value in state.items():
+        m = re.match(r"rpn\.anchor_generator\.cell_anchors\.(\d+)$", key)
+        if m:
+            _check_cell_anchor(int(m.group(1)), value, cfg)
+            continue
+        new = _map_official_key(key, cfg.head.early_fusion)
+        if new is None:
+            unmapped.append(key)
+        else:
+            mapped[new] = value
+    return mapped, unmapped
+
+
+def _check_cell_anchor(level: int, value: torch.Tensor, cfg: GLIPConfig) -> None:
+    sizes, strides = cfg.anchors.sizes, cfg.anchors.strides
+    if level >= len(sizes):
+        raise GlipError(f"checkpoint has anchors for level {level}, the config has {len(sizes)} levels")
+    expected = cell_anchor(sizes[level], strides[level]).to(value.dtype)
+    if tuple(value.shape) != (1, 4) or not torch.equal(value.reshape(4), expected.reshape(4)):
+        raise GlipError(
+            f"checkpoint anchors of level {level} are {value.reshape(-1).tolist()}, the config "
+            f"gives {expected.reshape(-1).tolist()} (anchor sizes/strides do not match)")
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read the raw model state dict of a `.pth`/`.pt`/`.bin` or `.safetensors` checkpoint.
+
+    Returns (state dict, safetensors metadata or {}). Takes the `"model"` entry of an official
+    training checkpoint and strips a `module.` prefix carried by every key."""
+    path = Path(path)
+    if not path.is_file():
+        raise GlipError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise GlipError(f"{path}: checkpoint file is empty")
+    metadata: dict[str, str] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises several types for corrupt files
+            raise GlipError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
+            obj = _torch_load_plain(path)
+        except Exception as exc:
+            raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
+        state = _extract_model_state(obj, path)
+    keys = list(state)
+    if keys and all(k.startswith("module.") for k in keys):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state, metadata
+
+
+def _torch_load_plain(path: Path) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
+
+
+def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj:
+        raise GlipError(f"{path}: not a GLIP checkpoint (no state dict inside)")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise GlipError(f"{path}: not a GLIP checkpoint (no tensors inside)")
+    return state
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+def _summarise(keys: list[str], limit: int = 5) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> dict[str, list[str]]:
+    """Load an official `.pth` or one of our `.safetensors` files into `model` (a `GLIP`).
+
+    Raises GlipError naming missing, unexpected and mis-shaped parameters (with strict=True, any
+    of them; with strict=False, only mis-shaped ones). Returns {"missing": [...], "unexpected": [...]}."""
+    state, _ = read_state_dict(path)
+    return load_state_dict_checked(model, state, source=str(path), strict=strict)
+
+
+def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
+                            strict: bool = True) -> dict[str, list[str]]:
+    cfg: GLIPConfig = model.cfg
+    if is_official_state_dict(state):
+        state, unexpected = convert_official_state_dict(state, cfg)
+    elif _is_own_state_dict(state):
+        unexpected = []
+    else:
+        raise GlipError(f"{source}: not a GLIP checkpoint (unrecognised keys such as {_summarise(list(state), 3)})")
+
+    own = model.state_dict()
+    derived = {k for k in state if any(p.match(k) for p in _DERIVED_KEYS)}
+    mismatched = []
+    for key in sorted(derived):
+        if key in own and own[key].shape != state[key].shape:
+            mismatched.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
+        state.pop(key)
+    unexpected += [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and not any(p.match(k) for p in _DERIVED_KEYS)]
+    mismatched += [
+        f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in state if k in own and own[k].shape != state[k].shape
+    ]
+    if mismatched:
+        raise GlipError(f"{source}: checkpoint does not fit the '{cfg.name}' architecture; "
+                        f"shape mismatch for {_summarise(mismatched, 3)}")
+    if strict and (missing or unexpected):
+        parts = []
+        if missing:
+            parts.append(f"missing {_summarise(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_summarise(unexpected)}")
+        raise GlipError(f"{source}: checkpoint does not match the '{cfg.name}' architecture: " + "; ".join(parts))
+    to_load = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(to_load, strict=False)
+    return {"missing": missing, "unexpected": unexpected}
+
+
+def config_to_json(cfg: GLIPConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def save_safetensors(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
+                     extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the model weights (our names) and its config to `path`, atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    derived = [p for p in _DERIVED_KEYS]
+    tensors = {}
+    for key, value in model.state_dict().items():
+        if any(p.match(key) for p in derived):
+            continue
+        value = value.detach()
+        if dtype is not None and value.is_floating_point():
+            value = value.to(dtype)
+        tensors[key] = value.contiguous().cpu()
+    metadata = {"format": FORMAT_TAG, "config": config_to_json(model.cfg)}
+    metadata.update(extra_metadata or {})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) then rename onto `path`: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,143 @@
+"""Image loading and the official test-time preprocessing (resize, BGR-255 normalise, pad)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as F
+from PIL import Image, ImageOps
+from torchvision.transforms import InterpolationMode
+
+from glipcli.config import InputConfig
+from glipcli.errors import GlipError
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit integer or float grayscale image to 8-bit and make it RGB.
+
+    PIL's own convert clips such values at 255 (a 16-bit image becomes almost all white).
+    Integer images are taken as 16-bit (0..65535) unless all values fit in 0..255;
+    float images as 0..1 unless some value exceeds 1.
+    """
+    array = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        scale = 255.0 if array.size and array.max() <= 1.0 else 1.0
+    elif image.mode in _SIXTEEN_BIT_MODES or (array.size and array.max() > 255):
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    gray = np.clip(np.rint(array * scale), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a PIL image of any mode to RGB (alpha is dropped, as the official loader does)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        return _high_depth_to_rgb(image)
+    if image.mode == "P" and "transparency" in image.info:
+        # Going through RGBA avoids PIL's palette-transparency warning; same RGB result.
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Read an image file fully, apply its EXIF orientation and return it as RGB."""
+    file = Path(path)
+    if not file.exists():
+        raise GlipError(f"{file}: no such file")
+    if file.is_dir():
+        raise GlipError(f"{file}: not a readable image (it is a directory)")
+    try:
+        with Image.open(file) as opened:
+            opened.load()  # full decode now, so truncated files fail here
+            image = ImageOps.exif_transpose(opened)
+            return to_rgb(image)
+    except GlipError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).strip() or type(exc).__name__
+        raise GlipError(f"{file}: not a readable image ({reason})") from exc
+
+
+def resized_size(
+    width: int, height: int, min_size: int, max_size: int | None
+) -> tuple[int, int]:
+    """Size (new_w, new_h) of the official test-time Resize (maskrcnn_benchmark get_size).
+
+    The short side becomes `min_size`, unless the long side would then exceed `max_size`,
+    in which case the short side becomes round(max_size * short / long). The long side is
+    truncated (int), not rounded. An image whose short side already has the target length
+    is left unchanged.
+    """
+    if width <= 0 or height <= 0:
+        raise GlipError(f"image size must be positive (got {width}x{height})")
+    if min_size <= 0:
+        raise GlipError(f"min_size must be positive (got {min_size})")
+    size = min_size
+    if max_size is not None:
+        short, long = float(min(width, height)), float(max(width, height))
+        if long / short * size > max_size:
+            size = int(round(max_size * short / long))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return width, height
+    # max(1, .) only matters for absurd aspect ratios where the official code would
+    # produce a zero-sized image and crash.
+    size = max(1, size)
+    if width < height:
+        return size, max(1, int(size * height / width))
+    return max(1, int(size * width / height)), size
+
+
+def preprocess_image(
+    image: Image.Image, input_cfg: InputConfig
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Resize, convert to BGR 0..255 and normalise one image.
+
+    Returns the float32 tensor [3, h, w] and its size (h, w) after resizing (unpadded).
+    """
+    image = to_rgb(image)
+    new_w, new_h = resized_size(image.width, image.height, input_cfg.min_size, input_cfg.max_size)
+    resized = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR)
+    tensor = F.to_tensor(resized)[[2, 1, 0]] * 255  # RGB 0..1 -> BGR 0..255
+    tensor = F.normalize(tensor, mean=list(input_cfg.pixel_mean), std=list(input_cfg.pixel_std))
+    return tensor, (new_h, new_w)
+
+
+def batch_images(
+    tensors: list[torch.Tensor], size_divisible: int = 32
+) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Zero-pad images [3, h_i, w_i] at the bottom/right into one batch [B, 3, Hp, Wp].
+
+    Hp, Wp are the largest h, w rounded up to multiples of `size_divisible` (no rounding
+    if it is <= 0). Also returns each image's unpadded (h, w).
+    """
+    if len(tensors) == 0:
+        raise GlipError("no images to batch")
+    for i, tensor in enumerate(tensors):
+        if tensor.dim() != 3:
+            shape = tuple(tensor.shape)
+            raise GlipError(f"image #{i + 1} must be a [C, H, W] tensor (got shape {shape})")
+    channels = {int(t.shape[0]) for t in tensors}
+    if len(channels) != 1:
+        raise GlipError(f"images have different channel counts: {sorted(channels)}")
+    max_h = max(int(t.shape[1]) for t in tensors)
+    max_w = max(int(t.shape[2]) for t in tensors)
+    if size_divisible > 0:
+        max_h = int(math.ceil(max_h / size_divisible) * size_divisible)
+        max_w = int(math.ceil(max_w / size_divisible) * size_divisible)
+    first = tensors[0]
+    batch = first.new_zeros((len(tensors), channels.pop(), max_h, max_w))
+    sizes: list[tuple[int, int]] = []
+    for slot, tensor in zip(batch, tensors):
+        h, w = int(tensor.shape[1]), int(tensor.shape[2])
+        slot[:, :h, :w].copy_(tensor)
+        sizes.append((h, w))
+    return batch, sizes

@@ -1,0 +1,115 @@
+"""X-MHA: the bi-directional cross-modality attention that fuses image and text (GLIP Eq. 3)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# The official code masks padded text tokens with this additive value (not -inf).
+_TEXT_MASK_VALUE = -9e15
+
+
+class BiMultiHeadAttention(nn.Module):
+    """Multi-head attention in both directions between N visual positions and L tokens.
+
+    Vision->text: each visual position attends over the (unmasked) tokens.
+    Text->vision: each token attends over ALL visual positions (padding included).
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int,
+                 dropout: float = 0.1, clamp_value: float = 50000.0):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+        self.clamp_value = clamp_value
+        self.v_proj = nn.Linear(v_dim, embed_dim)
+        self.l_proj = nn.Linear(l_dim, embed_dim)
+        self.values_v_proj = nn.Linear(v_dim, embed_dim)
+        self.values_l_proj = nn.Linear(l_dim, embed_dim)
+        self.out_v_proj = nn.Linear(embed_dim, v_dim)
+        self.out_l_proj = nn.Linear(embed_dim, l_dim)
+        for proj in (self.v_proj, self.l_proj, self.values_v_proj, self.values_l_proj,
+                     self.out_v_proj, self.out_l_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, S, E] -> [B, heads, S, head_dim]."""
+        b, s, _ = x.shape
+        return x.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, heads, S, head_dim] -> [B, S, E]."""
+        b, _, s, _ = x.shape
+        return x.transpose(1, 2).reshape(b, s, self.embed_dim)
+
+    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """v: [B, N, Cv] visual tokens; l: [B, L, Cl] text tokens; text_mask: [B, L] (1 = real).
+
+        Returns the two updates (delta_v [B, N, Cv], delta_l [B, L, Cl]), before layer scale.
+        """
+        c = self.clamp_value
+        query = self._heads(self.v_proj(v) * self.scale)
+        key = self._heads(self.l_proj(l))
+        value_v = self._heads(self.values_v_proj(v))
+        value_l = self._heads(self.values_l_proj(l))
+
+        logits = (query @ key.transpose(-1, -2)).clamp(-c, c)  # [B, h, N, L]
+
+        logits_t = logits.transpose(-1, -2)  # [B, h, L, N]
+        logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-c, c)
+        probs_l = logits_t.softmax(dim=-1)
+
+        if text_mask is not None:
+            logits = logits.masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
+        probs_v = logits.softmax(dim=-1)
+
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        out_v = self.out_v_proj(self._merge(probs_v @ value_l))
+        out_l = self.out_l_proj(self._merge(probs_l @ value_v))
+        return out_v, out_l
+
+
+class BiAttentionBlock(nn.Module):
+    """One fusion step over all pyramid levels at once, with layer scale.
+
+    The residual is added to the NORMALISED inputs, as in the official implementation.
+    """
+
+    def __init__(self, v_dim: int, l_dim: int, embed_dim: int, num_heads: int,
+                 dropout: float = 0.1, init_layer_scale: float = 1.0 / 6,
+                 clamp_value: float = 50000.0):
+        super().__init__()
+        self.layer_norm_v = nn.LayerNorm(v_dim)
+        self.layer_norm_l = nn.LayerNorm(l_dim)
+        self.attn = BiMultiHeadAttention(v_dim, l_dim, embed_dim, num_heads, dropout, clamp_value)
+        self.gamma_v = nn.Parameter(torch.full((v_dim,), init_layer_scale))
+        self.gamma_l = nn.Parameter(torch.full((l_dim,), init_layer_scale))
+
+    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """visual: per level [B, C, H_i, W_i]; text: [B, L, D]; text_mask: [B, L].
+
+        Returns the fused levels (same shapes) and the fused text [B, L, D].
+        """
+        sizes = [f.shape[-2:] for f in visual]
+        flat = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)  # [B, N, C]
+        v = self.layer_norm_v(flat)
+        l = self.layer_norm_l(text)
+        delta_v, delta_l = self.attn(v, l, text_mask)
+        v = v + self.gamma_v * delta_v
+        l = l + self.gamma_l * delta_l
+        v = v.transpose(1, 2)
+        out, start = [], 0
+        for h, w in sizes:
+            out.append(v[:, :, start:start + h * w].reshape(v.shape[0], -1, h, w))
+            start += h * w
+        return out, l

@@ -1,0 +1,59 @@
+"""The GLIP detector: Swin+FPN image encoder, BERT text encoder, deep-fusion VLDyHead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from glipcli.config import GLIPConfig
+from glipcli.modeling.anchors import grid_anchors
+from glipcli.modeling.backbone import VisualBackbone
+from glipcli.modeling.head import HeadOutputs, VLDyHead
+from glipcli.modeling.language import LanguageBackbone, TextFeatures
+
+
+@dataclass
+class GLIPOutputs:
+    """Raw outputs for a padded image batch; see `HeadOutputs`. anchors: per level [H_l*W_l, 4]
+    (xyxy, resized-image pixels), shared by all images of the batch."""
+
+    head: HeadOutputs
+    anchors: list[torch.Tensor]
+    features: list[torch.Tensor]
+
+
+class GLIP(nn.Module):
+    def __init__(self, cfg: GLIPConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = VisualBackbone(cfg.swin, cfg.fpn)
+        self.language = LanguageBackbone(cfg.language)
+        self.head = VLDyHead(cfg.head, cfg.language, num_levels=len(cfg.anchors.strides))
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """input_ids, attention_mask: [B, L]. The result can be reused across images."""
+        return self.language(input_ids, attention_mask)
+
+    def forward(self, images: torch.Tensor, text: TextFeatures) -> GLIPOutputs:
+        """images: [B, 3, H, W] normalised and padded; text: `encode_text` output, batch B or 1
+        (a single caption is shared by every image)."""
+        features = self.backbone(images)
+        if text.hidden.shape[0] != images.shape[0]:
+            text = _expand_text(text, images.shape[0])
+        head = self.head(features, text)
+        anchors = grid_anchors([f.shape[-2:] for f in features], self.cfg.anchors.sizes,
+                               self.cfg.anchors.strides, device=images.device)
+        return GLIPOutputs(head=head, anchors=anchors, features=features)
+
+
+def _expand_text(text: TextFeatures, batch: int) -> TextFeatures:
+    if text.hidden.shape[0] != 1:
+        raise ValueError(f"text batch {text.hidden.shape[0]} does not match image batch {batch}")
+    return TextFeatures(
+        hidden=text.hidden.expand(batch, -1, -1),
+        embedded=text.embedded.expand(batch, -1, -1),
+        mask=text.mask.expand(batch, -1),
+        aggregate=text.aggregate.expand(batch, -1),
+    )
