@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
+import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from glipcli.config import GLIPConfig
 from glipcli.errors import GlipError
+from glipcli.io import atomic_write
 from glipcli.modeling.anchors import cell_anchor
 
 FORMAT_TAG = "glipcli"
@@ -160,6 +160,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            raise GlipError(_refused(path, exc)) from None
         except RuntimeError as exc:
             if "mmap" not in str(exc):
                 raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
@@ -176,6 +178,8 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 def _torch_load_plain(path: Path) -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise GlipError(_refused(path, exc)) from None
     except Exception as exc:
         raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
 
@@ -191,6 +195,18 @@ def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not state:
         raise GlipError(f"{path}: not a GLIP checkpoint (no tensors inside)")
     return state
+
+
+def _refused(path: Path, exc: Exception) -> str:
+    """The message for a file the weights-only unpickler refuses (objects other than tensors and
+    plain containers, e.g. code, or a corrupt pickle). torch's own first line advises retrying
+    with weights_only=False, which must not reach users; keep only its specific reason."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = next((line for line in lines if not line.startswith(boilerplate)), "")
+    detail = detail.replace("WeightsUnpickler error:", "").strip() or type(exc).__name__
+    return (f"{path}: refused to load: not a plain weights file (only tensors and basic containers "
+            f"are read; {detail[:200]})")
 
 
 def _short(exc: Exception) -> str:
@@ -273,16 +289,3 @@ def save_safetensors(model: nn.Module, path: str | Path, dtype: torch.dtype | No
     metadata.update(extra_metadata or {})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename onto `path`: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -8,6 +8,7 @@ beside the YAML, or the `bert_config` argument, gives it for non-standard sizes.
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,25 @@ def _get(tree: dict, dotted: str, default: Any = None) -> Any:
         if not isinstance(node, dict) or part not in node:
             return default
         node = node[part]
-    return node
+    return _decode(node)
+
+
+def _decode(value: Any) -> Any:
+    """YACS semantics: a string that is a Python literal is that literal. Official configs write
+    tuples as `DEPTHS: (2, 2, 18, 2)`, which YAML reads as a string."""
+    if isinstance(value, str):
+        try:
+            return ast.literal_eval(value)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return value
+    return value
 
 
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, (list, tuple)) else value
+
+
+_BERT_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 def _language_from_bert_json(path: Path, max_query_len: int) -> LanguageConfig:
@@ -47,6 +62,8 @@ def _language_from_bert_json(path: Path, max_query_len: int) -> LanguageConfig:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise GlipError(f"{path}: not a readable BERT config ({exc})") from None
+    if not isinstance(data, dict) or not all(k in data for k in _BERT_SIZE_KEYS):
+        raise GlipError(f"{path}: not a BERT config (needs {', '.join(_BERT_SIZE_KEYS)})")
     return LanguageConfig(
         hidden_size=data["hidden_size"],
         num_layers=data["num_hidden_layers"],
@@ -73,7 +90,13 @@ def config_from_yacs(path: str | Path, bert_config: str | Path | None = None) ->
         raise GlipError(f"{path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
     if not isinstance(tree, dict) or "MODEL" not in tree:
         raise GlipError(f"{path}: not a GLIP config (no MODEL section)")
+    try:
+        return _config_from_tree(tree, path, bert_config)
+    except (ValueError, TypeError) as exc:  # e.g. a list where a number belongs
+        raise GlipError(f"{path}: invalid value in config ({str(exc).splitlines()[0][:200]})") from None
 
+
+def _config_from_tree(tree: dict, path: Path, bert_config: str | Path | None) -> GLIPConfig:
     base = get_preset("glip-t")
     body = _get(tree, "MODEL.BACKBONE.CONV_BODY", "SWINT-FPN-RETINANET")
     if not str(body).startswith("SWINT-FPN"):
