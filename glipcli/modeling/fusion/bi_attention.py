@@ -55,26 +55,69 @@ class BiMultiHeadAttention(nn.Module):
 
         Returns the two updates (delta_v [B, N, Cv], delta_l [B, L, Cl]), before layer scale.
         """
+        if self.num_heads * l.shape[1] < self.embed_dim:
+            return self._forward_factorized(v, l, text_mask)
+        return self._forward_projected(v, l, text_mask)
+
+    def _probabilities(self, logits: torch.Tensor, text_mask: torch.Tensor | None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [B, h, N, L] -> (vision->text probs [B, h, N, L], text->vision probs [B, h, L, N])."""
         c = self.clamp_value
+        logits = logits.clamp(-c, c)
+        logits_t = logits.transpose(-1, -2)
+        logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-c, c)
+        probs_l = logits_t.softmax(dim=-1)
+        if text_mask is not None:
+            logits = logits.masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
+        probs_v = logits.softmax(dim=-1)
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        return probs_v, probs_l
+
+    def _forward_projected(self, v, l, text_mask):
+        """The official formulation: project every visual position to the embed width."""
         query = self._heads(self.v_proj(v) * self.scale)
         key = self._heads(self.l_proj(l))
         value_v = self._heads(self.values_v_proj(v))
         value_l = self._heads(self.values_l_proj(l))
-
-        logits = (query @ key.transpose(-1, -2)).clamp(-c, c)  # [B, h, N, L]
-
-        logits_t = logits.transpose(-1, -2)  # [B, h, L, N]
-        logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-c, c)
-        probs_l = logits_t.softmax(dim=-1)
-
-        if text_mask is not None:
-            logits = logits.masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
-        probs_v = logits.softmax(dim=-1)
-
-        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
-        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
+        probs_v, probs_l = self._probabilities(query @ key.transpose(-1, -2), text_mask)
         out_v = self.out_v_proj(self._merge(probs_v @ value_l))
         out_l = self.out_l_proj(self._merge(probs_l @ value_v))
+        return out_v, out_l
+
+    def _forward_factorized(self, v, l, text_mask):
+        """The same function re-associated around the few text tokens.
+
+        Per head, q k^T = s (v Wq_h^T + bq_h) k_h^T = v (s Wq_h^T k_h^T) + s bq_h k_h^T, so the N
+        visual positions meet a [Cv, L] matrix instead of being projected to the embed width;
+        likewise probs_v @ (value_l_h Wo_h^T) folds the output projection into the L values, and
+        probs_l @ (v Wvv_h^T + bvv_h) = (probs_l @ v) Wvv_h^T + rowsum(probs_l) bvv_h. The cost
+        scales with heads x tokens rather than with the 2048-wide embedding.
+        """
+        b, n, cv = v.shape
+        heads, hd = self.num_heads, self.head_dim
+        length = l.shape[1]
+        key = self._heads(self.l_proj(l))  # [B, h, L, hd]
+        wq = self.v_proj.weight.view(heads, hd, cv)  # rows of head h
+        bq = self.v_proj.bias.view(heads, hd)
+        # [B, h, Cv, L] and [B, h, L]
+        query_key = torch.einsum("hdc,bhld->bhcl", wq, key) * self.scale
+        query_bias = torch.einsum("hd,bhld->bhl", bq, key) * self.scale
+        logits = (v @ query_key.permute(0, 2, 1, 3).reshape(b, cv, heads * length))  # [B, N, h*L]
+        logits = logits.view(b, n, heads, length).permute(0, 2, 1, 3) + query_bias[:, :, None, :]
+        probs_v, probs_l = self._probabilities(logits, text_mask)
+
+        value_l = self._heads(self.values_l_proj(l))  # [B, h, L, hd]
+        wo = self.out_v_proj.weight.view(cv, heads, hd)
+        value_out = torch.einsum("bhld,chd->bhlc", value_l, wo)  # [B, h, L, Cv]
+        out_v = probs_v.permute(0, 2, 1, 3).reshape(b, n, heads * length) @ value_out.reshape(b, heads * length, cv)
+        out_v = out_v + self.out_v_proj.bias
+
+        pooled = (probs_l.reshape(b, heads * length, n) @ v).view(b, heads, length, cv)
+        wvv = self.values_v_proj.weight.view(heads, hd, cv)
+        value_v = torch.einsum("bhlc,hdc->bhld", pooled, wvv)
+        value_v = value_v + probs_l.sum(-1, keepdim=True) * self.values_v_proj.bias.view(1, heads, 1, hd)
+        out_l = self.out_l_proj(self._merge(value_v))
         return out_v, out_l
 
 

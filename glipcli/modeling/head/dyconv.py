@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
+
+from glipcli.modeling.head.deform_conv import modulated_deform_conv3x3
 
 
 def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -19,6 +20,7 @@ class DeformConvNorm(nn.Module):
     def __init__(self, channels: int, stride: int, groups: int):
         super().__init__()
         self.stride = stride
+        self.impl = "auto"  # "torchvision" | "grid_sample" | "auto" (see deform_conv.py)
         self.conv = nn.Conv2d(channels, channels, 3, stride=stride, padding=1)
         self.norm = nn.GroupNorm(groups, channels)
         nn.init.normal_(self.conv.weight, std=0.01)
@@ -27,8 +29,8 @@ class DeformConvNorm(nn.Module):
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """x: [B, C, H, W]; offset: [B, 18, h, w] (dy, dx per tap); mask: [B, 9, h, w] in 0..1,
         where (h, w) is the output grid."""
-        y = deform_conv2d(x, offset, self.conv.weight, self.conv.bias,
-                          stride=self.stride, padding=1, mask=mask)
+        y = modulated_deform_conv3x3(x, offset, mask, self.conv.weight, self.conv.bias,
+                                     stride=self.stride, impl=self.impl)
         return self.norm(y)
 
 
