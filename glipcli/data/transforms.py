@@ -8,9 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as F
 from PIL import Image, ImageOps
-from torchvision.transforms import InterpolationMode
 
 from glipcli.config import InputConfig
 from glipcli.errors import GlipError
@@ -105,9 +103,15 @@ def preprocess_image(
     """
     image = to_rgb(image)
     new_w, new_h = resized_size(image.width, image.height, input_cfg.min_size, input_cfg.max_size)
-    resized = F.resize(image, [new_h, new_w], interpolation=InterpolationMode.BILINEAR)
-    tensor = F.to_tensor(resized)[[2, 1, 0]] * 255  # RGB 0..1 -> BGR 0..255
-    tensor = F.normalize(tensor, mean=list(input_cfg.pixel_mean), std=list(input_cfg.pixel_std))
+    # The official pipeline resizes the PIL image with PIL's bilinear filter (torchvision's
+    # resize on a PIL image does exactly this), then ToTensor (/255) and Normalize; the same
+    # operations in the same order keep the tensor bitwise equal without importing torchvision.
+    resized = image if (new_w, new_h) == image.size else image.resize((new_w, new_h), Image.BILINEAR)
+    rgb = torch.from_numpy(np.asarray(resized, dtype=np.uint8).copy()).permute(2, 0, 1)
+    tensor = rgb.to(torch.float32).div(255)[[2, 1, 0]] * 255  # RGB 0..1 -> BGR 0..255
+    mean = torch.tensor(input_cfg.pixel_mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(input_cfg.pixel_std, dtype=torch.float32).view(3, 1, 1)
+    tensor = tensor.sub_(mean).div_(std)
     return tensor, (new_h, new_w)
 
 

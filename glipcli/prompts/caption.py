@@ -63,3 +63,38 @@ def demo_caption(class_names: Sequence[str]) -> tuple[str, list[Phrase]]:
     """
     _check_names(class_names)
     return _join(class_names, DEMO_SEPARATOR, trailing=True)
+
+
+def prompted_caption(
+    parts: Sequence[tuple[str, str, str]],
+    extra_phrases: Sequence[str] = (),
+    separator: str = EVAL_SEPARATOR,
+) -> tuple[str, list[Phrase], list[Phrase]]:
+    """Official caption-prompt form of the evaluation caption, plus trailing extra phrases.
+
+    parts: per class `(prefix, text, suffix)`; the class contributes `prefix + text + suffix`
+    and only `text` is its phrase. Classes are joined by `separator`, none after the last.
+    extra_phrases (the official `SUPRESS_QUERY` form) follow the classes, each preceded by
+    `separator`. Returns (caption, class phrases, extra phrases).
+
+    `[("", "fish", ""), ("there is a ", "package", " on the porch")]` ->
+    `"fish. there is a package on the porch"` with class spans [0,4) and [17,24).
+    With empty prefixes/suffixes and no extras this is exactly `detection_caption`.
+    """
+    caption = ""
+    phrases: list[Phrase] = []
+    for i, (prefix, text, suffix) in enumerate(parts):
+        caption += prefix
+        start = len(caption)
+        caption += text
+        phrases.append(Phrase(text=text, start=start, end=len(caption)))
+        caption += suffix
+        if i < len(parts) - 1:
+            caption += separator
+    extras: list[Phrase] = []
+    for text in extra_phrases:
+        caption += separator
+        start = len(caption)
+        caption += text
+        extras.append(Phrase(text=text, start=start, end=len(caption)))
+    return caption, phrases, extras

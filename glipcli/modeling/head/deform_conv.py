@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import deform_conv2d
 
 _TAP_DY = (-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
 _TAP_DX = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0)
@@ -57,4 +56,6 @@ def modulated_deform_conv3x3(x: torch.Tensor, offset: torch.Tensor, mask: torch.
         impl = "grid_sample" if x.device.type == "cpu" else "torchvision"
     if impl == "grid_sample":
         return deform_conv3x3_grid_sample(x, offset, mask, weight, bias, stride)
+    from torchvision.ops import deform_conv2d  # imported here: the CPU path does not need torchvision
+
     return deform_conv2d(x, offset.to(x.dtype), weight, bias, stride=stride, padding=1, mask=mask.to(x.dtype))

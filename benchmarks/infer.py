@@ -1,0 +1,131 @@
+"""Inference latency and peak memory: GLIP-T (this package) vs Grounding DINO-T (transformers).
+
+Both models get seeded random weights (no download), the same 600x400 picture resized to
+800x1200 by each model's own preprocessing, and the same class list. Each case runs in a fresh
+process; the table gives the median over --runs runs after one warm-up, the peak RSS of that
+process, and the ratio ours / Grounding DINO-T for the same prompt and batch size.
+
+    python benchmarks/infer.py                     # CPU, float32, all cases
+    python benchmarks/infer.py --cases glip-short-1,gdino-short-1 --runs 5
+    python benchmarks/infer.py --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import COCO_CLASSES, SHORT_CLASSES, machine_description, measure, run_worker, test_image  # noqa: E402
+
+PROMPTS = {"short": SHORT_CLASSES, "coco80": COCO_CLASSES}
+ALL_CASES = [f"{model}-{prompt}-{batch}" for prompt in PROMPTS for batch in (1, 4) for model in ("gdino", "glip")]
+
+
+def _autocast(device: str, dtype: str):
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def _glip_fn(classes, batch, device, dtype):
+    import torch
+
+    from glipcli.config import get_preset
+    from glipcli.modeling.glip import GLIP
+    from glipcli.predictor import GLIPPredictor
+
+    torch.manual_seed(0)
+    predictor = GLIPPredictor(GLIP(get_preset("glip-t")), device=device)
+    images = [test_image()] * batch
+
+    def run():
+        predictor._text_cache.clear()  # count the text encoder in every run, as for the baseline
+        with torch.inference_mode(), _autocast(device, dtype):
+            predictor.predict(images, classes, batch_size=batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return run
+
+
+def _gdino_fn(classes, batch, device, dtype):
+    import torch
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
+
+    from glipcli.prompts.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval().to(device)
+    processor = GroundingDinoImageProcessor()
+    tokenizer = load_tokenizer()
+    caption = ". ".join(classes) + "."
+    images = [test_image()] * batch
+
+    def run():
+        with torch.inference_mode(), _autocast(device, dtype):
+            pixels = processor(images=images, return_tensors="pt")
+            text = tokenizer([caption] * batch, padding=True, return_tensors="pt")
+            out = model(pixel_values=pixels["pixel_values"].to(device), pixel_mask=pixels["pixel_mask"].to(device),
+                        input_ids=text["input_ids"].to(device), attention_mask=text["attention_mask"].to(device),
+                        token_type_ids=text["token_type_ids"].to(device))
+            scores = out.logits.sigmoid().amax(-1)
+            keep = scores > 0.3
+            _ = out.pred_boxes[keep]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return run
+
+
+def worker(args) -> None:
+    model, prompt, batch = args.case.split("-")
+    make = _glip_fn if model == "glip" else _gdino_fn
+    result = measure(make(PROMPTS[prompt], int(batch), args.device, args.dtype), runs=args.runs)
+    result.update(case=args.case, device=args.device, dtype=args.dtype)
+    print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default=",".join(ALL_CASES), help="comma list of MODEL-PROMPT-BATCH")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--baseline-dtype", default="float32", help="dtype of the Grounding DINO runs")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+
+    print(f"machine: {machine_description()}; device {args.device}; GLIP dtype {args.dtype}, "
+          f"Grounding DINO dtype {args.baseline_dtype}; median of {args.runs} runs after a warm-up")
+    results = {}
+    for case in args.cases.split(","):
+        dtype = args.dtype if case.startswith("glip") else args.baseline_dtype
+        results[case] = run_worker(Path(__file__), ["--case", case, "--runs", str(args.runs),
+                                                    "--device", args.device, "--dtype", dtype])
+        r = results[case]
+        print(f"  {case:18s} {r['median_s']:8.2f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+    print("\n| case | GLIP-T s | Grounding DINO-T s | ratio | GLIP-T peak RSS GiB | GDINO peak RSS GiB |")
+    print("|---|---|---|---|---|---|")
+    for case, r in results.items():
+        if not case.startswith("glip"):
+            continue
+        base = results.get("gdino" + case[len("glip"):])
+        if base is None:
+            print(f"| {case[5:]} | {r['median_s']:.2f} | - | - | {r['peak_rss_gib']:.2f} | - |")
+        else:
+            print(f"| {case[5:]} | {r['median_s']:.2f} | {base['median_s']:.2f} | "
+                  f"{r['median_s'] / base['median_s']:.2f} | {r['peak_rss_gib']:.2f} | {base['peak_rss_gib']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
