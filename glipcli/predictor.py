@@ -1,32 +1,45 @@
 """The Python API: load a GLIP model and detect / ground phrases in images.
 
     >>> from glipcli import GLIPPredictor
-    >>> predictor = GLIPPredictor.from_pretrained("glip-t", weights="glip_tiny_model_o365_goldg.pth")
-    >>> results = predictor.predict(["street.jpg"], "person. bicycle. car.")
+    >>> predictor = GLIPPredictor.from_pretrained("glip-t")          # official weights, from the hub
+    >>> results = predictor.predict(["street.jpg"], "person. bicycle. car.", batch_size=4)
     >>> results[0].detections[0].label, results[0].detections[0].box_xyxy
+    >>> (g,) = predictor.ground("cafe.jpg", "[a woman] holding [a cup of coffee]", top_k=1)
+    >>> g.phrases[1].text, g.phrases[1].boxes[0].score
+
+Images are loaded ahead by a few threads and batched by size (`glipcli.data.batching`); the
+model runs under autocast when a reduced `dtype` is chosen; post-processing runs in float32.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from glipcli.checkpoint import FORMAT_TAG, load_checkpoint, read_state_dict
+from glipcli.checkpoint import FORMAT_TAG
 from glipcli.config import GLIPConfig, get_preset
-from glipcli.data.transforms import batch_images, load_image, preprocess_image
+from glipcli.data.batching import ImageFailure, ImageInput, PreparedImage, iter_batches
+from glipcli.data.transforms import batch_images
+from glipcli.device import autocast, resolve_device, resolve_dtype
 from glipcli.errors import GlipError
+from glipcli.grounding import GroundedPhrase, GroundingResult, PhraseSpec, grounding_phrases, top_boxes_per_phrase
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, Detections, phrase_scores, rescale_boxes
 from glipcli.prompts.caption import Phrase, detection_caption
 from glipcli.prompts.encoding import EncodedPrompt, encode_prompt
 
-ImageInput = str | Path | Image.Image
+__all__ = ["GLIPPredictor", "Detection", "ImageResult", "ImageFailure", "PreparedImage", "ImageInput",
+           "BatchDetector", "parse_class_prompt", "build_model", "config_from_checkpoint_metadata"]
+
+# A function running the model on a padded batch [B, 3, H, W] with its unpadded (h, w) sizes and
+# returning each image's detections in resized-image pixels (float32).
+BatchDetector = Callable[[torch.Tensor, list[tuple[int, int]]], list[Detections]]
 
 
 @dataclass
@@ -82,40 +95,40 @@ def config_from_checkpoint_metadata(metadata: dict[str, str]) -> GLIPConfig | No
     return GLIPConfig(name=raw["name"], **{k: build(cls, raw[k]) for k, cls in parts.items()})
 
 
-class GLIPPredictor:
-    """Zero-shot detection (class names) and phrase grounding (caption + spans) with a GLIP model."""
+def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+    return [images] if isinstance(images, (str, Path, Image.Image)) else list(images)
 
-    def __init__(self, model: GLIP, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
+
+class GLIPPredictor:
+    """Zero-shot detection (class names) and phrase grounding (caption + spans) with a GLIP model.
+
+    device: `cpu`, `cuda[:N]`, `mps` or `auto`; dtype: `float32`, `float16` or `bfloat16`
+    (autocast; the weights stay float32)."""
+
+    def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
         self.cfg = model.cfg
         self.postprocessor = ATSSPostProcessor(self.cfg.postprocess)
-        self._text_cache: dict[tuple[int, ...], TextFeatures] = {}
+        self._text_cache: dict[tuple[tuple[int, ...], torch.dtype], TextFeatures] = {}
 
     @classmethod
     def from_pretrained(cls, model: str | GLIPConfig | None = None, weights: str | Path | None = None,
-                        config: str | Path | None = None, device: str = "cpu") -> "GLIPPredictor":
-        """Build from a preset name (`glip-t`, ...) or an official YACS `config`, then load `weights`
-        (an official `.pth` or our `.safetensors`). Our safetensors files carry their config, so
-        `model` may be omitted for them."""
-        cfg: GLIPConfig | None = None
-        if config is not None:
-            from glipcli.yacs_config import config_from_yacs
+                        config: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
+                        cache_dir: str | Path | None = None) -> "GLIPPredictor":
+        """Load a model.
 
-            cfg = config_from_yacs(config)
-        elif isinstance(model, GLIPConfig):
-            cfg = model
-        elif model is not None:
-            cfg = get_preset(model)
-        elif weights is not None and str(weights).endswith(".safetensors"):
-            _, metadata = read_state_dict(weights)
-            cfg = config_from_checkpoint_metadata(metadata)
-        if cfg is None:
-            raise GlipError("no model given: pass a preset name (e.g. glip-t) or an official config file")
-        glip = GLIP(cfg)
-        if weights is not None:
-            load_checkpoint(glip, weights)
-        return cls(glip, device=device)
+        model: a preset (`glip-t`, `glip-t-a`, `glip-t-b`, `glip-t-c`, `glip-l`), a checkpoint path
+        or a GLIPConfig. weights: an official `.pth` or our `.safetensors` (default: the preset's
+        official checkpoint, downloaded from the Hugging Face hub into its cache). config: an
+        official YACS `.yaml` (overrides the preset's architecture). A checkpoint given alone
+        brings its architecture (our safetensors metadata, or recognised from its shapes).
+        A GLIPConfig without weights gives a randomly initialised model."""
+        from glipcli.weights import load_model, resolve_model_source
+
+        source = resolve_model_source(model=model, weights=weights, config=config, cache_dir=cache_dir)
+        return cls(load_model(source), device=device, dtype=dtype)
 
     # -- prompts -------------------------------------------------------------------------------
     def encode_classes(self, class_names: str | Sequence[str]) -> EncodedPrompt:
@@ -129,14 +142,28 @@ class GLIPPredictor:
                             "shorten it or split the class list")
         return prompt
 
+    def encode_grounding(self, caption: str, phrases: Sequence[PhraseSpec] = (), markup: bool = True
+                         ) -> EncodedPrompt:
+        """A grounding caption and its phrases (see `glipcli.grounding.grounding_phrases`),
+        checked to fit the model's token budget and each to cover at least one token."""
+        text, found = grounding_phrases(caption, phrases, markup=markup)
+        prompt = encode_prompt(text, found, max_length=self.cfg.language.max_query_len)
+        if prompt.truncated:
+            raise GlipError(f"the caption is longer than the model's {prompt.max_length} tokens "
+                            "([CLS] and [SEP] included); shorten it")
+        for phrase, tokens in zip(found, prompt.token_spans):
+            if not tokens:
+                raise GlipError(f"phrase {phrase.text!r} covers no token of the caption")
+        return prompt
+
     def text_features(self, prompt: EncodedPrompt) -> TextFeatures:
-        """Language-backbone features of a prompt, computed once per distinct prompt."""
+        """Language-backbone features of a prompt, computed once per distinct prompt (and dtype)."""
         # Padding tokens never influence real ones (they are masked in every attention), so
         # only the real tokens are encoded: same results, far less work than 256 positions.
         n = prompt.num_tokens
-        key = tuple(prompt.input_ids[0, :n].tolist())
+        key = (tuple(prompt.input_ids[0, :n].tolist()), self.dtype)
         if key not in self._text_cache:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.device, self.dtype):
                 self._text_cache[key] = self.model.encode_text(
                     prompt.input_ids[:, :n].to(self.device), prompt.attention_mask[:, :n].to(self.device))
         return self._text_cache[key]
@@ -144,47 +171,134 @@ class GLIPPredictor:
     # -- inference -----------------------------------------------------------------------------
     @torch.inference_mode()
     def detect_tensor(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
-                      prompt: EncodedPrompt) -> list[Detections]:
-        """images: [B, 3, H, W] preprocessed+padded; returns detections in resized-image pixels."""
-        outputs = self.model(images.to(self.device), self.text_features(prompt))
-        scores = [phrase_scores(logits, prompt.token_spans) for logits in outputs.head.token_logits]
-        return self.postprocessor(outputs.head.box_regression, outputs.head.centerness, scores,
-                                  outputs.anchors, image_sizes)
+                      prompt: EncodedPrompt, cap: bool = True) -> list[Detections]:
+        """images: [B, 3, H, W] preprocessed+padded; returns detections in resized-image pixels.
+
+        cap: keep the official per-image maximum (cfg.postprocess.max_detections) over all
+        phrases; False keeps every detection surviving per-phrase NMS (grounding uses this, so
+        a phrase is never crowded out by another's many boxes). The model runs under autocast
+        for a reduced dtype; its outputs are cast to float32 before post-processing, so boxes
+        and scores are always float32."""
+        text = self.text_features(prompt)
+        with autocast(self.device, self.dtype):
+            outputs = self.model(images.to(self.device), text)
+        head = outputs.head
+        args = ([r.float() for r in head.box_regression], [c.float() for c in head.centerness],
+                [phrase_scores(logits.float(), prompt.token_spans) for logits in head.token_logits],
+                [a.float() for a in outputs.anchors], image_sizes)
+        if cap:
+            return self.postprocessor(*args)
+        return [self.postprocessor.nms(dets) for dets in self.postprocessor.candidates(*args)]
+
+    def iter_batched(self, images: ImageInput | Sequence[ImageInput], detect_batch: BatchDetector,
+                     batch_size: int = 1, skip_errors: bool = False
+                     ) -> Iterator[tuple[PreparedImage, Detections] | ImageFailure]:
+        """Run `detect_batch` over the images, `batch_size` at a time (grouped by size).
+
+        Yields (prepared image, its detections in ORIGINAL pixels, on the CPU) per image, in
+        batch order (use `PreparedImage.index` for input order). An unreadable input raises
+        GlipError, or with `skip_errors` is yielded as an ImageFailure and the rest go on."""
+        for item in iter_batches(_as_list(images), self.cfg.input, batch_size):
+            if isinstance(item, ImageFailure):
+                if not skip_errors:
+                    raise GlipError(item.error)
+                yield item
+                continue
+            batch, sizes = batch_images([p.tensor for p in item], self.cfg.input.size_divisible)
+            try:
+                detections = detect_batch(batch, sizes)
+            except torch.OutOfMemoryError:
+                raise GlipError(f"out of memory on {self.device} for a batch of {batch.shape[0]} image(s) of "
+                                f"{batch.shape[-1]}x{batch.shape[-2]} pixels; use a smaller --batch-size, "
+                                "--dtype float16 or --device cpu") from None
+            for prepared, size, dets in zip(item, sizes, detections, strict=True):
+                original = (prepared.image.height, prepared.image.width)
+                boxes = rescale_boxes(dets.boxes.float().cpu(), size, original)
+                yield prepared, Detections(boxes, dets.scores.float().cpu(), dets.labels.cpu())
+
+    def iter_predict(self, images: ImageInput | Sequence[ImageInput],
+                     prompt: str | Sequence[str] | EncodedPrompt, box_threshold: float = 0.0,
+                     batch_size: int = 1, skip_errors: bool = False
+                     ) -> Iterator[tuple[PreparedImage, ImageResult] | ImageFailure]:
+        """`predict`, one image at a time as batches complete (see `iter_batched`)."""
+        encoded = prompt if isinstance(prompt, EncodedPrompt) else self.encode_classes(prompt)
+        labels = [p.text for p in encoded.phrases]
+
+        def detect_batch(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Detections]:
+            return self.detect_tensor(batch, sizes, encoded)
+
+        for item in self.iter_batched(images, detect_batch, batch_size, skip_errors):
+            if isinstance(item, ImageFailure):
+                yield item
+                continue
+            prepared, dets = item
+            yield prepared, detection_result(prepared, dets, labels, encoded.caption, box_threshold)
 
     def predict(self, images: ImageInput | Sequence[ImageInput], prompt: str | Sequence[str] | EncodedPrompt,
                 box_threshold: float = 0.0, batch_size: int = 1) -> list[ImageResult]:
         """Detect the phrases of `prompt` in each image.
 
         prompt: class names (`"person. bicycle."` or a list) or an `EncodedPrompt` (e.g. from
-        `encode_caption` for grounding). Returns one `ImageResult` per image, boxes in original
-        pixels, sorted by score, those under `box_threshold` dropped."""
-        if isinstance(images, (str, Path, Image.Image)):
-            images = [images]
-        encoded = prompt if isinstance(prompt, EncodedPrompt) else self.encode_classes(prompt)
-        results: list[ImageResult] = []
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
-            pils = [load_image(im) if not isinstance(im, Image.Image) else im for im in chunk]
-            tensors, sizes = zip(*(preprocess_image(im, self.cfg.input) for im in pils))
-            batch, sizes = batch_images(list(tensors), self.cfg.input.size_divisible)
-            dets = self.detect_tensor(batch, sizes, encoded)
-            for source, pil, size, det in zip(chunk, pils, sizes, dets):
-                results.append(self._to_result(source, pil, size, det, encoded, box_threshold))
-        return results
+        `encode_caption`). Returns one `ImageResult` per image, in input order: boxes in original
+        pixels, sorted by score, those under `box_threshold` dropped. With `batch_size > 1`
+        images of similar size share a batch; the padding can move scores slightly."""
+        return _in_input_order(self.iter_predict(images, prompt, box_threshold, batch_size))
 
-    @staticmethod
-    def _to_result(source: ImageInput, pil: Image.Image, resized_hw: tuple[int, int], det: Detections,
-                   prompt: EncodedPrompt, box_threshold: float) -> ImageResult:
-        boxes = rescale_boxes(det.boxes, resized_hw, (pil.height, pil.width))
-        order = torch.argsort(det.scores, descending=True, stable=True)
-        detections = []
-        for i in order.tolist():
-            score = float(det.scores[i])
-            if score < box_threshold:
+    def iter_ground(self, images: ImageInput | Sequence[ImageInput], caption: str | EncodedPrompt,
+                    phrases: Sequence[PhraseSpec] = (), top_k: int = 1, box_threshold: float = 0.0,
+                    batch_size: int = 1, markup: bool = True, skip_errors: bool = False
+                    ) -> Iterator[tuple[PreparedImage, GroundingResult] | ImageFailure]:
+        """`ground`, one image at a time as batches complete (see `iter_batched`)."""
+        if top_k < 1:
+            raise GlipError(f"top-k must be at least 1 (got {top_k})")
+        encoded = caption if isinstance(caption, EncodedPrompt) else self.encode_grounding(caption, phrases, markup)
+
+        def detect_batch(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Detections]:
+            return self.detect_tensor(batch, sizes, encoded, cap=False)
+
+        for item in self.iter_batched(images, detect_batch, batch_size, skip_errors):
+            if isinstance(item, ImageFailure):
+                yield item
                 continue
-            index = int(det.labels[i]) - 1
-            detections.append(Detection(box_xyxy=[float(v) for v in boxes[i]], score=score,
-                                        label=prompt.phrases[index].text, phrase_index=index))
-        name = str(source) if not isinstance(source, Image.Image) else "<image>"
-        return ImageResult(image=name, width=pil.width, height=pil.height, caption=prompt.caption,
-                           detections=detections)
+            prepared, dets = item
+            per_phrase = top_boxes_per_phrase(dets.boxes, dets.scores, dets.labels, len(encoded.phrases),
+                                              top_k, box_threshold)
+            grounded = [GroundedPhrase(p.text, [p.start, p.end], boxes)
+                        for p, boxes in zip(encoded.phrases, per_phrase)]
+            yield prepared, GroundingResult(prepared.source, prepared.image.width, prepared.image.height,
+                                            encoded.caption, grounded)
+
+    def ground(self, images: ImageInput | Sequence[ImageInput], caption: str | EncodedPrompt,
+               phrases: Sequence[PhraseSpec] = (), top_k: int = 1, box_threshold: float = 0.0,
+               batch_size: int = 1, markup: bool = True) -> list[GroundingResult]:
+        """Ground the phrases of `caption` in each image.
+
+        caption: text, with optional `[bracket]` markup (removed; each bracketed part is a phrase,
+        nesting allowed) unless `markup=False`. phrases: texts located in the caption, `(start,
+        end)` character spans or `Phrase`s; none at all -> the whole caption is the phrase.
+        Returns, per image in input order, each phrase with its `top_k` best boxes (original
+        pixels, best first) scoring at least `box_threshold`, chosen after per-phrase NMS and
+        without the per-image detection cap (a phrase is never crowded out by another)."""
+        return _in_input_order(self.iter_ground(images, caption, phrases, top_k, box_threshold,
+                                                batch_size, markup))
+
+
+def detection_result(prepared: PreparedImage, dets: Detections, labels: Sequence[str], caption: str,
+                     box_threshold: float = 0.0) -> ImageResult:
+    """An ImageResult from detections in original pixels; `labels[i]` names label i + 1."""
+    order = torch.argsort(dets.scores, descending=True, stable=True)
+    detections = []
+    for i in order.tolist():
+        score = float(dets.scores[i])
+        if score < box_threshold:
+            continue
+        index = int(dets.labels[i]) - 1
+        detections.append(Detection(box_xyxy=[float(v) for v in dets.boxes[i]], score=score,
+                                    label=labels[index], phrase_index=index))
+    return ImageResult(image=prepared.source, width=prepared.image.width, height=prepared.image.height,
+                       caption=caption, detections=detections)
+
+
+def _in_input_order(items: Iterator[tuple[PreparedImage, object] | ImageFailure]) -> list:
+    collected = [item for item in items if not isinstance(item, ImageFailure)]
+    return [result for _, result in sorted(collected, key=lambda pair: pair[0].index)]

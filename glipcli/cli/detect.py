@@ -1,4 +1,4 @@
-"""`glip detect`: class names in, boxes out."""
+"""`glip detect`: class names in, boxes out (JSON, COCO results, renderings, a terminal table)."""
 
 from __future__ import annotations
 
@@ -7,52 +7,104 @@ from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from glipcli.cli.app import app, stderr, stdout
+from glipcli.cli.app import app, stdout
+from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
+                                OutputFiles, OverwriteOpt, QuietOpt, SaveVisOpt, StrictOpt, WeightsOpt,
+                                finish, load_predictor, run_images)
 from glipcli.errors import GlipError
+
+MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one table each
 
 
 @app.command()
 def detect(
-    images: Annotated[list[Path], typer.Argument(help="Image files to run on.")],
+    images: ImagesArg,
     prompt: Annotated[list[str], typer.Option("--prompt", "-p",
                                               help='Class names: "person. bicycle." (repeatable).')],
-    model: Annotated[Optional[str], typer.Option(help="Preset: glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l.")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint: official .pth or glip .safetensors.")] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
     box_threshold: Annotated[float, typer.Option(help="Drop detections scoring below this.")] = 0.3,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write results to this JSON file.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --json file.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    batch_size: BatchSizeOpt = 1,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    json_out: JsonOpt = None,
+    coco_results: Annotated[Optional[Path], typer.Option(
+        help="Write pycocotools results (image_id, category_id, bbox xywh, score); needs --coco-gt.")] = None,
+    coco_gt: Annotated[Optional[Path], typer.Option(
+        help="COCO ground truth giving the image ids (by file_name) and category ids (by name).")] = None,
+    save_vis: SaveVisOpt = None,
+    overwrite: OverwriteOpt = False,
+    strict: StrictOpt = False,
+    quiet: QuietOpt = False,
     max_rows: Annotated[int, typer.Option(help="Detections shown per image on the terminal.")] = 10,
 ) -> None:
     """Detect the prompt's classes in each image."""
-    from glipcli.io import check_writable, write_json
-    from glipcli.predictor import GLIPPredictor, parse_class_prompt
+    from glipcli.data.sources import expand_image_args
+    from glipcli.predictor import parse_class_prompt
 
     class_names = parse_class_prompt(prompt)
+    sources = expand_image_args(images)
+    if (coco_results is None) != (coco_gt is None):
+        raise GlipError("--coco-results and --coco-gt go together: the ground truth gives the ids")
+    outputs = OutputFiles(overwrite=overwrite, json=json_out, coco=coco_results, vis_dir=save_vis)
+    outputs.plan_visualisations(sources)
+    outputs.check()
+    coco_index = None
+    if coco_gt is not None:
+        from glipcli.coco import CocoIndex
+
+        coco_index = CocoIndex.load(coco_gt)
+        coco_index.check(sources, class_names)
+
+    predictor = load_predictor(model, weights, config, device, dtype)
+    encoded = predictor.encode_classes(class_names)
+    items = predictor.iter_predict(sources, encoded, box_threshold=box_threshold, batch_size=batch_size,
+                                   skip_errors=not strict)
+    outcome = run_images(items, len(sources), quiet, on_result=_vis_writer(outputs))
+
+    if not quiet:
+        _print_results(outcome.results, max_rows)
     if json_out is not None:
-        check_writable(json_out, overwrite)
-    for image in images:
-        if not image.is_file():
-            raise GlipError(f"{image}: no such image file")
-    if weights is None:
-        raise GlipError("no weights given: pass --weights PATH (an official GLIP .pth or a glip .safetensors file)")
-    if model is None and config is None and not str(weights).endswith(".safetensors"):
-        model = "glip-t"
-    predictor = GLIPPredictor.from_pretrained(model=model, weights=weights, config=config, device=device)
-    results = predictor.predict(images, class_names, box_threshold=box_threshold)
+        outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
+    if coco_index is not None and coco_results is not None:
+        from glipcli.coco import coco_results as to_coco
+
+        outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
+    finish(outcome, len(sources))
+
+
+def _vis_writer(outputs: OutputFiles):
+    """Save a rendering per image while its decoded copy is at hand (None: no --save-vis)."""
+    if outputs.vis_dir is None:
+        return None
+    from glipcli.visualize import DrawBox, render, save_image
+
+    def write(prepared, result) -> None:
+        boxes = [DrawBox(d.box_xyxy, f"{d.label} {d.score:.2f}", d.phrase_index) for d in result.detections]
+        save_image(render(prepared.image, boxes), outputs.vis_names[prepared.index])
+
+    return write
+
+
+def _print_results(results, max_rows: int) -> None:
+    if len(results) > MAX_IMAGE_TABLES:
+        table = Table(title=Text(f"{len(results)} images"))
+        for column in ("image", "detections", "best label", "best score"):
+            table.add_column(column, justify="left" if column in ("image", "best label") else "right")
+        for result in results:
+            best = result.detections[0] if result.detections else None
+            table.add_row(Text(Path(result.image).name), str(len(result.detections)), Text(best.label) if best else "-",
+                          f"{best.score:.3f}" if best else "-")
+        stdout.print(table)
+        return
     for result in results:
-        _print_result(result, max_rows)
-    if json_out is not None:
-        write_json(json_out, [r.to_dict() for r in results], overwrite=overwrite)
-        stderr.print(f"wrote {json_out}")
-
-
-def _print_result(result, max_rows: int) -> None:
-    table = Table(title=f"{result.image} ({result.width}x{result.height}): {len(result.detections)} detections")
-    for column in ("label", "score", "x0", "y0", "x1", "y1"):
-        table.add_column(column, justify="left" if column == "label" else "right")
-    for det in result.detections[:max_rows]:
-        table.add_row(det.label, f"{det.score:.3f}", *(f"{v:.1f}" for v in det.box_xyxy))
-    stdout.print(table)
+        table = Table(title=Text(f"{result.image} ({result.width}x{result.height}): "
+                                 f"{len(result.detections)} detections"))
+        for column in ("label", "score", "x0", "y0", "x1", "y1"):
+            table.add_column(column, justify="left" if column == "label" else "right")
+        for det in result.detections[:max_rows]:
+            table.add_row(Text(det.label), f"{det.score:.3f}", *(f"{v:.1f}" for v in det.box_xyxy))
+        stdout.print(table)

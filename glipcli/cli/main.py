@@ -6,7 +6,13 @@ import sys
 
 import click
 
+from glipcli.cli import convert  # noqa: F401  (registers `glip convert`)
 from glipcli.cli import detect  # noqa: F401  (registers the command)
+from glipcli.cli import finetune  # noqa: F401  (registers `glip finetune`)
+from glipcli.cli import ground  # noqa: F401  (registers `glip ground`)
+from glipcli.cli import prompt  # noqa: F401  (registers `glip prompt`)
+from glipcli.cli import synth  # noqa: F401  (registers `glip synth-data`)
+from glipcli.cli import prompt_tune  # noqa: F401  (registers `glip prompt-tune`)
 from glipcli.cli.app import app, stderr
 from glipcli.errors import GlipError
 

@@ -68,7 +68,9 @@ class BiMultiHeadAttention(nn.Module):
         logits_t = (logits_t - logits_t.amax(dim=-1, keepdim=True)).clamp(-c, c)
         probs_l = logits_t.softmax(dim=-1)
         if text_mask is not None:
-            logits = logits.masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
+            # In float32 (the official code adds a float32 mask): -9e15 overflows float16 under
+            # autocast. A no-op for float32 logits.
+            logits = logits.float().masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
         probs_v = logits.softmax(dim=-1)
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
         probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)

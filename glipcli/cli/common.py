@@ -1,0 +1,141 @@
+"""What `glip detect` and `glip ground` share: model/run options, loading the predictor, the
+progress bar, per-image failure reporting and the output files (checked before any work)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from glipcli.cli.app import stderr
+from glipcli.errors import GlipError
+
+# -- options shared by detect and ground ---------------------------------------------------------
+ImagesArg = Annotated[list[str], typer.Argument(
+    help="Image files, folders (the images inside, sorted) or quoted glob patterns ('imgs/*.jpg').",
+    show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l: official weights from the "
+    "Hugging Face hub unless --weights is given) or a checkpoint path. Default: glip-t.")]
+ConfigOpt = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml): the architecture.")]
+WeightsOpt = Annotated[Optional[Path], typer.Option(help="Checkpoint: official .pth or glip .safetensors.")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass (similar sizes are batched).")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, else cpu), cpu, cuda, cuda:N or mps.")]
+DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast; post-processing in float32).")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")]
+SaveVisOpt = Annotated[Optional[Path], typer.Option(help="Save each image with its boxes drawn into this folder.")]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
+StrictOpt = Annotated[bool, typer.Option(help="Stop at the first unreadable image (default: skip it, "
+                                                "report it, exit non-zero at the end).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no tables; only errors.")]
+
+
+def load_predictor(model: str | None, weights: Path | None, config: Path | None, device: str, dtype: str):
+    """The predictor for the CLI's model options (see `GLIPPredictor.from_pretrained`).
+    Device, dtype and the weights file (hub download included) are resolved before the model
+    code is imported, so their errors come fast."""
+    from glipcli.device import resolve_device, resolve_dtype
+    from glipcli.weights import load_model, resolve_model_source
+
+    resolved_device = resolve_device(device)
+    resolved_dtype = resolve_dtype(dtype)
+    source = resolve_model_source(model=model, weights=weights, config=config)
+    from glipcli.predictor import GLIPPredictor
+
+    return GLIPPredictor(load_model(source), device=resolved_device, dtype=resolved_dtype)
+
+
+# -- outputs ------------------------------------------------------------------------------------
+@dataclass
+class OutputFiles:
+    """The files a run writes; `check` refuses existing ones (unless overwrite) before any work."""
+
+    overwrite: bool
+    json: Path | None = None
+    coco: Path | None = None
+    vis_dir: Path | None = None
+    vis_names: dict[int, Path] = field(default_factory=dict)  # input index -> rendering path
+
+    def plan_visualisations(self, sources: Sequence[Path]) -> None:
+        from glipcli.visualize import output_name
+
+        if self.vis_dir is None:
+            return
+        if self.vis_dir.exists() and not self.vis_dir.is_dir():
+            raise GlipError(f"{self.vis_dir}: exists and is not a folder")
+        taken: set[str] = set()
+        self.vis_names = {i: self.vis_dir / output_name(str(s), taken) for i, s in enumerate(sources)}
+
+    def check(self) -> None:
+        from glipcli.io import check_writable
+
+        files = [p for p in (self.json, self.coco) if p is not None] + list(self.vis_names.values())
+        if len(set(files)) != len(files):
+            raise GlipError("two outputs would be written to the same file")
+        for path in files:
+            check_writable(path, self.overwrite)
+
+    def write_json(self, path: Path, data: Any, quiet: bool) -> None:
+        from glipcli.io import write_json
+
+        write_json(path, data, overwrite=self.overwrite)
+        if not quiet:
+            stderr.print(f"wrote {path}", highlight=False)
+
+
+# -- running ------------------------------------------------------------------------------------
+@dataclass
+class RunOutcome:
+    """Results in input order (with the decoded images dropped) and the unreadable inputs."""
+
+    results: list[Any]
+    failures: list[Any]
+    seconds: float
+
+
+def run_images(items: Iterator, total: int, quiet: bool,
+               on_result: Callable[[Any, Any], None] | None = None) -> RunOutcome:
+    """Drain a predictor's `iter_predict`/`iter_ground` iterator: progress bar on stderr (only
+    when it is a terminal and not quiet), one line per unreadable input as it is met (when more
+    than one input), `on_result(prepared, result)` per image (e.g. to save a rendering while the
+    decoded image is at hand)."""
+    from glipcli.data.batching import ImageFailure
+
+    start = time.perf_counter()
+    results: list[tuple[int, Any]] = []
+    failures: list[ImageFailure] = []
+    show = stderr.is_terminal and not quiet
+    columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, disable=not show, transient=False) as progress:
+        task = progress.add_task("images", total=total)
+        for item in items:
+            if isinstance(item, ImageFailure):
+                failures.append(item)
+                if total > 1:
+                    progress.console.print(f"error: {item.error}", highlight=False, markup=False, soft_wrap=True)
+            else:
+                prepared, result = item
+                if on_result is not None:
+                    on_result(prepared, result)
+                results.append((prepared.index, result))
+            progress.advance(task)
+    results.sort(key=lambda pair: pair[0])
+    return RunOutcome([r for _, r in results], sorted(failures, key=lambda f: f.index),
+                      time.perf_counter() - start)
+
+
+def finish(outcome: RunOutcome, total: int) -> None:
+    """Exit status for unreadable inputs: the single input's own error, or a count (the inputs
+    were reported one per line as they were met)."""
+    if not outcome.failures:
+        return
+    if total == 1:
+        raise GlipError(outcome.failures[0].error)
+    raise GlipError(f"{len(outcome.failures)} of {total} images could not be read (listed above); "
+                    f"the outputs hold the other {total - len(outcome.failures)}")

@@ -1,0 +1,99 @@
+"""Command-line options shared by `glip finetune` and `glip prompt-tune`, and running them.
+
+Every training setting defaults to None on the command line: a new run then takes the official
+default, a resumed run its own stored value (an explicit value must agree with it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from glipcli.cli.app import stderr
+
+DATA = "Data"
+MODEL = "Model"
+SCHEDULE = "Schedule"
+RUN = "Run"
+
+DataDir = Annotated[Optional[Path], typer.Option(
+    "--data", help="Dataset in the Roboflow COCO layout: DIR/{train,valid,test}/_annotations.coco.json.",
+    rich_help_panel=DATA)]
+TrainAnn = Annotated[Optional[Path], typer.Option(help="Training annotations (COCO JSON).", rich_help_panel=DATA)]
+TrainImages = Annotated[Optional[Path], typer.Option(help="Training images folder (default: beside the JSON).",
+                                                     rich_help_panel=DATA)]
+ValAnn = Annotated[Optional[Path], typer.Option(help="Validation annotations (early stopping, best model).",
+                                                rich_help_panel=DATA)]
+ValImages = Annotated[Optional[Path], typer.Option(help="Validation images folder.", rich_help_panel=DATA)]
+TestAnn = Annotated[Optional[Path], typer.Option(help="Test annotations (evaluated once, at the end).",
+                                                 rich_help_panel=DATA)]
+TestImages = Annotated[Optional[Path], typer.Option(help="Test images folder.", rich_help_panel=DATA)]
+PromptFile = Annotated[Optional[Path], typer.Option(
+    help="Prompt YAML giving each dataset class its text/prefix/suffix (default: the category names).",
+    rich_help_panel=DATA)]
+
+ModelName = Annotated[Optional[str], typer.Option(
+    "--model", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l) or a checkpoint path.",
+    rich_help_panel=MODEL)]
+ConfigFile = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml).", rich_help_panel=MODEL)]
+Weights = Annotated[Optional[Path], typer.Option(help="Starting weights: official .pth or glip .safetensors.",
+                                                 rich_help_panel=MODEL)]
+
+Shots = Annotated[Optional[int], typer.Option(
+    help="K-shot subset (official protocol: >= K instances per class); 0 = all data. (default: 0)",
+    rich_help_panel=SCHEDULE)]
+Seed = Annotated[Optional[int], typer.Option(help="Seed of the few-shot subset, order and augmentation. (default: 3)",
+                                             rich_help_panel=SCHEDULE)]
+ValShots = Annotated[Optional[int], typer.Option(
+    help="K-shot validation subset, as the official few-shot runs (default: --shots; 0 = all).",
+    rich_help_panel=SCHEDULE)]
+Epochs = Annotated[Optional[int], typer.Option(
+    help="Epoch cap (default: official 200; early stopping usually ends sooner).", rich_help_panel=SCHEDULE)]
+Copies = Annotated[Optional[int], typer.Option(
+    help="Passes over the training images per epoch (official: 8/4/2/1 for 1/3/5/10 shots, 1 for all).",
+    rich_help_panel=SCHEDULE)]
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per step (per process). (default: 4)",
+                                                  rich_help_panel=SCHEDULE)]
+WeightDecay = Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel=SCHEDULE)]
+LrPatience = Annotated[Optional[int], typer.Option(
+    help="Evaluations without a better val AP before the lr drops x0.1 (official 3; 2 with all data).",
+    rich_help_panel=SCHEDULE)]
+Patience = Annotated[Optional[int], typer.Option(
+    help="Evaluations without a better val AP before stopping (official 8; 4 with all data).",
+    rich_help_panel=SCHEDULE)]
+EvalBatchSize = Annotated[Optional[int], typer.Option(help="Images per evaluation batch. (default: 4)",
+                                                      rich_help_panel=SCHEDULE)]
+
+Output = Annotated[Path, typer.Option(help="Run folder: checkpoints, best model, metrics.json, log.jsonl.",
+                                      rich_help_panel=RUN)]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --output exactly where it stopped.",
+                                      rich_help_panel=RUN)]
+MixedPrecision = Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
+                                                       rich_help_panel=RUN)]
+Cpu = Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is available.", rich_help_panel=RUN)]
+NumWorkers = Annotated[Optional[int], typer.Option(help="Data-loading worker processes. (default: 0)",
+                                                   rich_help_panel=RUN)]
+ShowProgress = Annotated[bool, typer.Option(help="Show the progress bar (stderr).", rich_help_panel=RUN)]
+
+
+def run(task: str, *, data, train_ann, train_images, val_ann, val_images, test_ann, test_images, prompt_file,
+        model, config, weights, output, resume, cpu, progress, options: dict[str, Any]) -> None:
+    """Build the request and train; a Ctrl-C ends with the message of the trainer (exit 130)."""
+    from glipcli.engine.runs import RunRequest, run_training
+
+    request = RunRequest(task=task, output=output, data=data, train_ann=train_ann, train_images=train_images,
+                         val_ann=val_ann, val_images=val_images, test_ann=test_ann, test_images=test_images,
+                         prompt_file=prompt_file, model=model, config=config, weights=weights,
+                         options=options, resume=resume, cpu=cpu, progress=progress)
+    result = run_training(request, console=stderr)
+    best = result.metrics.get("best") or {}
+    val = (best.get("val") or {}) if isinstance(best, dict) else {}
+    test = result.metrics.get("test") or {}
+    summary = [f"best epoch {result.metrics.get('best_epoch')}"]
+    if val:
+        summary.append(f"val AP {val.get('AP', float('nan')):.4f}")
+    if test:
+        summary.append(f"test AP {test['metrics'].get('AP', float('nan')):.4f}")
+    stderr.print(f"done: {', '.join(summary)}; {result.best_path}", highlight=False, markup=False, soft_wrap=True)

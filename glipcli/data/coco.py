@@ -1,0 +1,451 @@
+"""Reading COCO detection annotations (Roboflow exports included) into clean, checked records.
+
+Conventions (those of the official GLIP / maskrcnn_benchmark training code):
+
+- A COCO box `[x, y, w, h]` becomes the inclusive-pixel box `x1 = x, y1 = y, x2 = x + w - 1,
+  y2 = y + h - 1` (`w - 1` floored at 0), is clipped to `[0, W - 1] x [0, H - 1]`, and is dropped
+  when it keeps no area (`x2 <= x1` or `y2 <= y1`): zero-width, zero-area and 1-pixel boxes,
+  and boxes lying wholly outside the image. Dropped boxes are counted (`DataStats.degenerate`);
+  kept boxes that reached beyond the image `[0, W] x [0, H]` are counted as clipped.
+- `iscrowd = 1` annotations are not training targets; evaluation keeps them as crowd regions.
+- Image sizes are the displayed ones: `load_image` applies the EXIF orientation, and the
+  annotations are taken to be in that displayed frame, as Roboflow (and every tool that shows
+  the image upright while labelling) writes them. An image whose JSON `width`/`height` differ
+  from its displayed size is counted (`DataStats.size_mismatch`, with a warning); its boxes are
+  still read in the displayed frame and clipped to the displayed size.
+- Class labels are 0-based indices into `CocoDetectionData.classes`, in the order of the
+  categories in the JSON. Roboflow's placeholder category (id 0, named after the dataset, the
+  supercategory of the real classes, used by no annotation) is not a class.
+
+Every problem with the file itself (unreadable or malformed JSON, missing keys, unknown image or
+category ids, missing image files) is a one-line `GlipError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from glipcli.errors import GlipError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+ROBOFLOW_ANNOTATION_FILE = "_annotations.coco.json"
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split.
+
+    boxes: float32 [N, 4] inclusive-pixel xyxy in the displayed image, clipped, non-degenerate,
+    non-crowd; labels: int64 [N] class indices. crowd_boxes: float32 [M, 4] and crowd_labels:
+    int64 [M] (`iscrowd` regions, evaluation only).
+    areas: float32 [N] COCO areas of `boxes` (the JSON's `area` when usable, else w*h).
+    """
+
+    index: int
+    image_id: Any
+    file_name: str
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    areas: np.ndarray
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+@dataclass
+class DataStats:
+    """What cleaning a split did (logged, and written to the training log)."""
+
+    images: int = 0
+    annotations: int = 0
+    boxes: int = 0
+    degenerate: int = 0
+    clipped: int = 0
+    crowd: int = 0
+    images_without_boxes: int = 0
+    size_mismatch: int = 0
+    placeholder_categories: list[str] = field(default_factory=list)
+
+    def summary(self, split: str) -> str:
+        parts = [f"{split}: {self.images} images, {self.boxes} boxes"]
+        if self.degenerate:
+            parts.append(f"dropped {self.degenerate} zero-area/degenerate box{'es' if self.degenerate != 1 else ''}")
+        if self.clipped:
+            parts.append(f"clipped {self.clipped} box{'es' if self.clipped != 1 else ''} to the image")
+        if self.crowd:
+            parts.append(f"{self.crowd} crowd region{'s' if self.crowd != 1 else ''} (evaluation only)")
+        if self.images_without_boxes:
+            parts.append(f"{self.images_without_boxes} image{'s' if self.images_without_boxes != 1 else ''} without boxes")
+        if self.size_mismatch:
+            parts.append(f"{self.size_mismatch} image size{'s' if self.size_mismatch != 1 else ''} differ from the JSON")
+        if self.placeholder_categories:
+            parts.append("ignored placeholder categor" + ("y " if len(self.placeholder_categories) == 1 else "ies ")
+                         + ", ".join(repr(n) for n in self.placeholder_categories))
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class CocoDetectionData:
+    """A COCO detection split, cleaned.
+
+    classes[i]: name of class i; category_ids[i]: its category id in the JSON.
+    """
+
+    split: str
+    ann_path: Path
+    image_dir: Path
+    classes: list[str]
+    category_ids: list[int]
+    images: list[ImageRecord]
+    stats: DataStats
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def annotated_indices(self) -> list[int]:
+        """Images with at least one training box (the official training set drops the others)."""
+        return [r.index for r in self.images if r.num_boxes > 0]
+
+
+@dataclass(frozen=True)
+class SplitPaths:
+    ann: Path
+    images: Path
+
+
+# -- locating the splits ---------------------------------------------------------------------------
+def roboflow_splits(data_dir: str | Path) -> dict[str, SplitPaths]:
+    """The splits of a Roboflow export `DIR/{train,valid,test}/_annotations.coco.json` (images
+    beside each file). `val` and `validation` folders are accepted for `valid`."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise GlipError(f"{root}: no such dataset folder")
+    found: dict[str, SplitPaths] = {}
+    aliases = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
+    for split, names in aliases.items():
+        for name in names:
+            ann = root / name / ROBOFLOW_ANNOTATION_FILE
+            if ann.is_file():
+                found[split] = SplitPaths(ann, ann.parent)
+                break
+    if "train" not in found:
+        raise GlipError(f"{root}: no train/{ROBOFLOW_ANNOTATION_FILE} (expected the Roboflow COCO layout "
+                        f"DIR/{{train,valid,test}}/{ROBOFLOW_ANNOTATION_FILE})")
+    return found
+
+
+def resolve_splits(data_dir: str | Path | None = None, *, train_ann: str | Path | None = None,
+                   train_images: str | Path | None = None, val_ann: str | Path | None = None,
+                   val_images: str | Path | None = None, test_ann: str | Path | None = None,
+                   test_images: str | Path | None = None) -> dict[str, SplitPaths]:
+    """Splits from `--data DIR` (Roboflow layout) and/or explicit annotation/image paths.
+
+    Explicit paths override the folder's; an explicit annotation file without an image folder
+    takes the images from the annotation file's folder."""
+    splits: dict[str, SplitPaths] = roboflow_splits(data_dir) if data_dir is not None else {}
+    for split, ann, images, flag in (("train", train_ann, train_images, "--train"),
+                                     ("valid", val_ann, val_images, "--val"),
+                                     ("test", test_ann, test_images, "--test")):
+        if ann is None and images is None:
+            continue
+        if ann is None:
+            if split not in splits:
+                raise GlipError(f"{flag}-images given without {flag}-ann")
+            splits[split] = SplitPaths(splits[split].ann, Path(images))
+            continue
+        ann = Path(ann)
+        if not ann.is_file():
+            raise GlipError(f"{ann}: no such annotation file")
+        splits[split] = SplitPaths(ann, Path(images) if images is not None else ann.parent)
+    if "train" not in splits:
+        raise GlipError("no training data: pass --data DIR (Roboflow COCO layout) or --train-ann FILE")
+    for paths in splits.values():
+        if not paths.images.is_dir():
+            raise GlipError(f"{paths.images}: no such image folder")
+    return splits
+
+
+# -- reading -----------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GlipError(f"{path}: no such annotation file") from None
+    except UnicodeDecodeError:
+        raise GlipError(f"{path}: not UTF-8 text (expected COCO JSON)") from None
+    except OSError as exc:
+        raise GlipError(f"{path}: cannot read the annotation file ({exc.strerror})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GlipError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise GlipError(f"{path}: not a COCO annotation file (the top level is not an object)")
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise GlipError(f"{path}: not a COCO detection file (no {key!r} list)")
+        if not isinstance(data[key], list):
+            raise GlipError(f"{path}: {key!r} must be a list, got {type(data[key]).__name__}")
+    return data
+
+
+def _is_id(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _categories(data: dict, path: Path) -> list[dict]:
+    cats = data["categories"]
+    if not cats:
+        raise GlipError(f"{path}: no categories")
+    seen: set = set()
+    for i, cat in enumerate(cats):
+        if not isinstance(cat, dict):
+            raise GlipError(f"{path}: categories[{i}] is not an object")
+        if "id" not in cat or not _is_id(cat["id"]) or isinstance(cat["id"], str):
+            raise GlipError(f"{path}: categories[{i}] has no integer 'id'")
+        name = cat.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise GlipError(f"{path}: category {cat['id']} has no name")
+        if cat["id"] in seen:
+            raise GlipError(f"{path}: duplicate category id {cat['id']}")
+        seen.add(cat["id"])
+    return cats
+
+
+def placeholder_category_ids(categories: Sequence[dict], used: set) -> set:
+    """Roboflow's placeholder: a category no annotation uses whose name is the supercategory of
+    another category (Roboflow names it after the dataset), or whose supercategory is "none"."""
+    found = set()
+    for cat in categories:
+        if cat["id"] in used:
+            continue
+        others = {c.get("supercategory") for c in categories if c is not cat}
+        if cat["name"] in others or (cat["id"] == 0 and cat.get("supercategory") == "none"):
+            found.add(cat["id"])
+    return found
+
+
+def _displayed_size(path: Path) -> tuple[int, int]:
+    """(width, height) as shown, i.e. after the EXIF orientation; reads the header only."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            try:
+                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+            except Exception:  # a broken EXIF block: load_image ignores it as well
+                orientation = 1
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise GlipError(f"{path}: not a readable image ({str(exc).strip() or type(exc).__name__})") from None
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        return height, width
+    return width, height
+
+
+def _image_path(image_dir: Path, file_name: str) -> Path | None:
+    candidate = image_dir / file_name
+    if candidate.is_file():
+        return candidate
+    fallback = image_dir / Path(file_name).name
+    return fallback if fallback.is_file() else None
+
+
+def clean_box(bbox: Any, width: int, height: int) -> tuple[np.ndarray | None, bool]:
+    """COCO `[x, y, w, h]` -> (inclusive xyxy clipped to the image, or None if degenerate;
+    whether the box reached beyond `[0, W] x [0, H]`). Raises ValueError for a malformed box."""
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError("bbox must be a list [x, y, width, height]")
+    values = [_number(v) for v in bbox]
+    if any(v is None for v in values):
+        raise ValueError(f"bbox must hold 4 finite numbers, got {bbox!r}")
+    x, y, w, h = values
+    outside = x < 0 or y < 0 or x + w > width or y + h > height
+    x1, y1 = x, y
+    x2, y2 = x + max(w - 1.0, 0.0), y + max(h - 1.0, 0.0)
+    x1, x2 = min(max(x1, 0.0), width - 1.0), min(max(x2, 0.0), width - 1.0)
+    y1, y2 = min(max(y1, 0.0), height - 1.0), min(max(y2, 0.0), height - 1.0)
+    if x2 <= x1 or y2 <= y1:
+        return None, outside
+    return np.array([x1, y1, x2, y2], dtype=np.float32), outside
+
+
+def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: str = "train",
+              reference: CocoDetectionData | None = None) -> CocoDetectionData:
+    """Read and clean one split.
+
+    reference: the training split; the classes are then taken from it, and every category this
+    split uses must be one of them (same id and name). Without it the classes are this file's
+    categories minus Roboflow's placeholder."""
+    ann_path = Path(ann_path)
+    image_dir = Path(image_dir) if image_dir is not None else ann_path.parent
+    data = _read_json(ann_path)
+    categories = _categories(data, ann_path)
+    cat_by_id = {c["id"]: c for c in categories}
+
+    images: dict[Any, dict] = {}
+    for i, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise GlipError(f"{ann_path}: images[{i}] is not an object")
+        if "id" not in entry or not _is_id(entry["id"]):
+            raise GlipError(f"{ann_path}: images[{i}] has no 'id'")
+        if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
+            raise GlipError(f"{ann_path}: image {entry['id']!r} has no 'file_name'")
+        if entry["id"] in images:
+            raise GlipError(f"{ann_path}: duplicate image id {entry['id']!r}")
+        images[entry["id"]] = entry
+
+    used: set = set()
+    per_image: dict[Any, list[dict]] = {k: [] for k in images}
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict):
+            raise GlipError(f"{ann_path}: annotations[{i}] is not an object")
+        ident = ann.get("id", f"#{i}")
+        for key in ("image_id", "category_id", "bbox"):
+            if key not in ann:
+                raise GlipError(f"{ann_path}: annotation {ident} has no {key!r}")
+        if ann["image_id"] not in images:
+            raise GlipError(f"{ann_path}: annotation {ident} refers to unknown image id {ann['image_id']!r}")
+        if ann["category_id"] not in cat_by_id:
+            raise GlipError(f"{ann_path}: annotation {ident} has unknown category id {ann['category_id']!r}")
+        used.add(ann["category_id"])
+        per_image[ann["image_id"]].append(ann)
+
+    placeholders = placeholder_category_ids(categories, used)
+    stats = DataStats(placeholder_categories=[c["name"] for c in categories if c["id"] in placeholders])
+    if reference is None:
+        kept = [c for c in categories if c["id"] not in placeholders]
+        if not kept:
+            raise GlipError(f"{ann_path}: no categories besides the placeholder")
+        classes = [c["name"] for c in kept]
+        category_ids = [c["id"] for c in kept]
+    else:
+        classes, category_ids = list(reference.classes), list(reference.category_ids)
+        ref_names = dict(zip(category_ids, classes))
+        for cat in categories:
+            if cat["id"] in placeholders:
+                continue
+            if cat["id"] not in ref_names:
+                if cat["id"] in used:
+                    raise GlipError(f"{ann_path}: category {cat['id']} {cat['name']!r} is not a category of "
+                                    f"the training split ({reference.ann_path})")
+                continue
+            if ref_names[cat["id"]] != cat["name"]:
+                raise GlipError(f"{ann_path}: category {cat['id']} is {cat['name']!r} here but "
+                                f"{ref_names[cat['id']]!r} in the training split")
+    label_of = {cid: i for i, cid in enumerate(category_ids)}
+
+    missing: list[str] = []
+    records: list[ImageRecord] = []
+    ids = sorted(images, key=lambda k: (isinstance(k, str), k))
+    for image_id in ids:
+        entry = images[image_id]
+        path = _image_path(image_dir, entry["file_name"])
+        if path is None:
+            missing.append(entry["file_name"])
+            continue
+        width, height = _displayed_size(path)
+        jw, jh = _number(entry.get("width")), _number(entry.get("height"))
+        if jw is not None and jh is not None and (int(jw), int(jh)) != (width, height):
+            stats.size_mismatch += 1
+            if stats.size_mismatch == 1:
+                log.warning("%s: image %s is %dx%d but the JSON says %dx%d; its boxes are read in the "
+                            "displayed (EXIF-oriented) frame", ann_path, entry["file_name"], width, height,
+                            int(jw), int(jh))
+        boxes, labels, areas, crowd = [], [], [], []
+        for ann in per_image[image_id]:
+            stats.annotations += 1
+            if ann["category_id"] in placeholders:
+                raise GlipError(f"{ann_path}: annotation {ann.get('id')} uses placeholder category "
+                                f"{ann['category_id']}")
+            try:
+                box, outside = clean_box(ann["bbox"], width, height)
+            except ValueError as exc:
+                raise GlipError(f"{ann_path}: annotation {ann.get('id', '?')}: {exc}") from None
+            if box is None:
+                stats.degenerate += 1
+                continue
+            stats.clipped += int(outside)
+            if ann["category_id"] not in label_of:
+                raise GlipError(f"{ann_path}: annotation {ann.get('id')} has category {ann['category_id']}, "
+                                "which is not a class of the training split")
+            if ann.get("iscrowd", 0) in (1, True):
+                stats.crowd += 1
+                crowd.append((box, label_of[ann["category_id"]]))
+                continue
+            boxes.append(box)
+            labels.append(label_of[ann["category_id"]])
+            area = _number(ann.get("area"))
+            w, h = float(box[2] - box[0] + 1), float(box[3] - box[1] + 1)
+            areas.append(area if area is not None and area > 0 and not outside else w * h)
+        record = ImageRecord(
+            index=len(records), image_id=image_id, file_name=entry["file_name"], path=path,
+            width=width, height=height,
+            boxes=np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
+            labels=np.asarray(labels, dtype=np.int64),
+            areas=np.asarray(areas, dtype=np.float32),
+            crowd_boxes=np.stack([b for b, _ in crowd]).astype(np.float32) if crowd else np.zeros((0, 4), np.float32),
+            crowd_labels=np.asarray([lab for _, lab in crowd], dtype=np.int64))
+        stats.boxes += record.num_boxes
+        stats.images_without_boxes += int(record.num_boxes == 0)
+        records.append(record)
+    if missing:
+        raise GlipError(f"{ann_path}: {len(missing)} image file{'s' if len(missing) != 1 else ''} missing from "
+                        f"{image_dir} (e.g. {missing[0]!r})")
+    if not records:
+        raise GlipError(f"{ann_path}: no images")
+    stats.images = len(records)
+    return CocoDetectionData(split=split, ann_path=ann_path, image_dir=image_dir, classes=classes,
+                             category_ids=category_ids, images=records, stats=stats)
+
+
+def coco_ground_truth(data: CocoDetectionData) -> dict[str, Any]:
+    """The cleaned split as a COCO ground-truth dict for pycocotools: image ids are the record
+    indices, category ids are class index + 1, boxes the cleaned ones (`w = x2 - x1 + 1`)."""
+    annotations = []
+    for record in data.images:
+        for box, label, area in zip(record.boxes, record.labels, record.areas):
+            annotations.append(_gt_entry(len(annotations) + 1, record.index, box, int(label) + 1, float(area), 0))
+        for box, label in zip(record.crowd_boxes, record.crowd_labels):
+            w, h = float(box[2] - box[0] + 1), float(box[3] - box[1] + 1)
+            annotations.append(_gt_entry(len(annotations) + 1, record.index, box, int(label) + 1, w * h, 1))
+    return {
+        "images": [{"id": r.index, "width": r.width, "height": r.height, "file_name": r.file_name}
+                   for r in data.images],
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(data.classes)],
+        "annotations": annotations,
+    }
+
+
+def _gt_entry(ann_id: int, image: int, box: np.ndarray, category: int, area: float, crowd: int) -> dict:
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return {"id": ann_id, "image_id": image, "category_id": category,
+            "bbox": [x1, y1, x2 - x1 + 1.0, y2 - y1 + 1.0], "area": area, "iscrowd": crowd}

@@ -1,0 +1,27 @@
+"""A procedural grounding world of coloured shapes, deterministic by seed.
+
+    from glipcli.data.synthetic import SyntheticWorld, write_coco_dataset
+
+    world = SyntheticWorld(seed=0)
+    scene = world.scene(0, "pretrain", stream="train")    # image + objects with boxes
+    captions = world.captions(scene)                       # captions with grounded phrase spans
+    write_coco_dataset("shapes/", 1000, 100, 100, seed=0, task="pretrain")
+
+Modules: `vocabulary` (words, synonyms, held-out definitions), `render` (rasterising shapes,
+patterns, backgrounds), `tasks` (scene rules, category schemes, named tasks), `world`
+(sampling scenes), `captions` (captions with phrase spans), `writer` (the dataset on disk).
+"""
+
+from glipcli.data.synthetic.captions import Caption, CaptionPhrase, spatial_relation
+from glipcli.data.synthetic.tasks import TASKS, CategoryScheme, SceneRules, task_categories, task_rules
+from glipcli.data.synthetic.vocabulary import (COLOURS, DEFAULT_HELD_OUT_COMBOS, DEFAULT_HELD_OUT_SHAPE, SHAPES,
+                                               HeldOut, category_text, parse_combo)
+from glipcli.data.synthetic.world import ObjectSpec, Scene, SceneObject, SyntheticWorld, WorldConfig
+from glipcli.data.synthetic.writer import DatasetReport, SplitReport, write_coco_dataset
+
+__all__ = [
+    "COLOURS", "DEFAULT_HELD_OUT_COMBOS", "DEFAULT_HELD_OUT_SHAPE", "SHAPES", "TASKS",
+    "Caption", "CaptionPhrase", "CategoryScheme", "DatasetReport", "HeldOut", "ObjectSpec", "Scene",
+    "SceneObject", "SceneRules", "SplitReport", "SyntheticWorld", "WorldConfig", "category_text",
+    "parse_combo", "spatial_relation", "task_categories", "task_rules", "write_coco_dataset",
+]

@@ -1,0 +1,1 @@
+"""Training and evaluation: `glip finetune` (full / linear probe), `glip prompt-tune`, COCO AP."""

@@ -1,0 +1,118 @@
+"""The settings of a training run (`glip finetune`, `glip prompt-tune`), with official defaults.
+
+Official GLIP fine-tuning on ODinW (README "Full Model Fine-Tuning", "Prompt Tuning", "Linear
+Probing"; solver defaults of `maskrcnn_benchmark/config/defaults.py`):
+
+| setting | full / linear probe | prompt tuning |
+|---|---|---|
+| optimiser | AdamW, full-model grad-norm clip 1.0 | same |
+| base lr / language-backbone lr | 1e-4 / 1e-5 | 0.05 (only the prompt offset trains) |
+| weight decay | 0.05 (0 for biases, whose lr is x2) | 0.25 |
+| batch | 4 images | 4 images |
+| LR schedule | x0.1 on a validation-AP plateau (patience 3; 2 with all data), min 1e-6 | same |
+| early stopping | patience 8 evaluations (4 with all data) | same |
+| epochs / dataset copies | 1-shot 200/8, 3-shot 200/4, 5-shot 200/2, 10-shot 200/1, all data 200/1 | same |
+| frozen | full: Swin patch embedding + stage 1 (`FREEZE_CONV_BODY_AT 2`), `cls_logits` | everything but the offset |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from glipcli.data.fewshot import default_patience, default_schedule
+from glipcli.errors import GlipError
+
+TASKS = ("full", "linear-probe", "prompt")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+# Settings that may differ when a run is resumed (they do not change what is computed).
+RESUME_FREE = ("num_workers",)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """None means "the official default for this task and number of shots" (see `resolved`)."""
+
+    task: str = "full"
+    shots: int = 0
+    seed: int = 3
+    val_shots: int | None = None  # K-shot validation subset (None: as `shots`; 0: all)
+    epochs: int | None = None
+    copies: int | None = None
+    batch_size: int = 4
+    lr: float | None = None
+    language_lr: float = 1e-5
+    weight_decay: float | None = None
+    bias_lr_factor: float = 2.0
+    bias_weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lr_patience: int | None = None
+    stop_patience: int | None = None
+    lr_factor: float = 0.1
+    min_lr: float = 1e-6
+    freeze_swin_stages: int = 2
+    augment: bool = True  # official multi-scale resize + flip; False: test-size images, no flip
+    eval_batch_size: int = 4
+    mixed_precision: str = "no"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise GlipError(f"unknown training task {self.task!r}; choose one of {', '.join(TASKS)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise GlipError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
+        for name in ("shots", "seed", "batch_size", "epochs", "copies", "val_shots", "lr_patience",
+                     "stop_patience", "freeze_swin_stages", "eval_batch_size", "num_workers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise GlipError(f"{_flag(name)} must be a whole number (got {value!r})")
+        for name, low in (("shots", 0), ("batch_size", 1), ("epochs", 1), ("copies", 1), ("val_shots", 0),
+                          ("lr_patience", 0), ("stop_patience", 1), ("eval_batch_size", 1), ("num_workers", 0)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise GlipError(f"{_flag(name)} must be at least {low} (got {value})")
+        for name in ("lr", "language_lr", "weight_decay", "grad_clip", "lr_factor", "min_lr", "bias_lr_factor",
+                     "bias_weight_decay"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                raise GlipError(f"{_flag(name)} must be a number >= 0 (got {value!r})")
+
+    def resolved(self) -> "TrainConfig":
+        """Every None replaced by its official default."""
+        epochs, copies = default_schedule(self.shots)
+        lr_patience, stop_patience = default_patience(self.shots)
+        prompt = self.task == "prompt"
+        return dataclasses.replace(
+            self,
+            epochs=self.epochs if self.epochs is not None else epochs,
+            copies=self.copies if self.copies is not None else copies,
+            val_shots=self.val_shots if self.val_shots is not None else self.shots,
+            lr=self.lr if self.lr is not None else (0.05 if prompt else 1e-4),
+            weight_decay=self.weight_decay if self.weight_decay is not None else (0.25 if prompt else 0.05),
+            lr_patience=self.lr_patience if self.lr_patience is not None else lr_patience,
+            stop_patience=self.stop_patience if self.stop_patience is not None else stop_patience,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """Settings (other than RESUME_FREE) in which `other` differs, as 'flag: mine -> theirs'."""
+        out = []
+        for f in dataclasses.fields(self):
+            if f.name in RESUME_FREE:
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if mine != theirs:
+                out.append(f"{_flag(f.name)} {mine} (given: {theirs})")
+        return out
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")

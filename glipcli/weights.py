@@ -1,0 +1,130 @@
+"""Where a model comes from: a preset name, a checkpoint path, an official config — and which
+architecture a checkpoint needs.
+
+`resolve_model_source` turns what a user typed (`--model`, `--weights`, `--config`) into a
+`ModelSource` (config + weights file); `load_model` builds the `GLIP` and loads the weights,
+reading the checkpoint once. The architecture of a checkpoint given without a preset or config
+is taken from our safetensors metadata, or else recognised from its tensor shapes (GLIP-T,
+GLIP-T (A), GLIP-L).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from glipcli.checkpoint import is_official_state_dict, load_state_dict_checked, read_state_dict
+from glipcli.config import PRESETS, GLIPConfig, get_preset
+from glipcli.errors import GlipError
+from glipcli.hub import download_weights, is_preset
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: its architecture (None: read it from the checkpoint) and weights file
+    (None: random initialisation, only when a config object is given directly)."""
+
+    config: GLIPConfig | None
+    weights: Path | None
+
+
+def looks_like_path(text: str) -> bool:
+    """`--model` values that name a file rather than a preset."""
+    return (Path(text).suffix.lower() in CHECKPOINT_SUFFIXES or "/" in text or "\\" in text
+            or Path(text).exists())
+
+
+def resolve_model_source(model: str | GLIPConfig | None = None, weights: str | Path | None = None,
+                         config: str | Path | None = None, cache_dir: str | Path | None = None
+                         ) -> ModelSource:
+    """Combine `--model`, `--weights` and `--config` (precedence, first wins):
+
+    - architecture: `config` (an official YACS file), a preset `model`, the checkpoint itself
+      (our safetensors metadata, or recognised from its shapes);
+    - weights: `weights`, a path given as `model`, the preset's official checkpoint from the hub
+      (`model` defaults to `glip-t` when nothing at all is given).
+    """
+    cfg: GLIPConfig | None = None
+    preset: str | None = None
+    if isinstance(model, GLIPConfig):
+        cfg = model
+    elif model is not None:
+        if is_preset(model) or model.lower() in PRESETS:
+            preset = model.lower()
+        elif looks_like_path(model):
+            if weights is not None:
+                raise GlipError(f"--model {model} is a file and --weights {weights} another: give one of them")
+            weights = model
+        else:
+            get_preset(model)  # raises: unknown preset, naming the known ones
+    if config is not None:
+        from glipcli.yacs_config import config_from_yacs
+
+        cfg = config_from_yacs(config)
+    elif preset is not None:
+        cfg = get_preset(preset)
+
+    if weights is None:
+        if isinstance(model, GLIPConfig):
+            return ModelSource(cfg, None)
+        if preset is None:
+            if config is not None:
+                raise GlipError("--config gives the architecture only: also pass --weights PATH "
+                                "or a preset with --model")
+            preset = "glip-t"
+            cfg = get_preset(preset)
+        weights = download_weights(preset, cache_dir=cache_dir)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise GlipError(f"{weights}: no such checkpoint file")
+    return ModelSource(cfg, weights)
+
+
+def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], source: str = "checkpoint"
+                 ) -> GLIPConfig:
+    """The architecture a checkpoint was saved from: our safetensors metadata if present, else
+    the preset whose distinctive shapes it has (Swin width, fusion layers, head depth)."""
+    from glipcli.predictor import config_from_checkpoint_metadata
+
+    cfg = config_from_checkpoint_metadata(metadata)
+    if cfg is not None:
+        return cfg
+    official = is_official_state_dict(state)
+    patch = state.get("backbone.body.patch_embed.proj.weight" if official
+                      else "backbone.swin.patch_embed.proj.weight")
+    if patch is None:
+        raise GlipError(f"{source}: not a GLIP checkpoint with a Swin backbone; pass --config CFG.yaml")
+    embed_dim = int(patch.shape[0])
+    if official:
+        fusion = any(".b_attn." in k for k in state)
+        tower = {int(k.split(".")[3]) for k in state if k.startswith("rpn.head.dyhead_tower.")}
+        layers = (max(tower) + 1) // 3 if fusion and tower else max(tower, default=-1) + 1
+    else:
+        fusion = any(k.startswith("head.layers.") and ".fusion." in k for k in state)
+        layers = len({k.split(".")[2] for k in state if k.startswith("head.layers.")})
+    for name in ("glip-t", "glip-t-a", "glip-l"):  # T (B) and T (C) share GLIP-T's architecture
+        cfg = get_preset(name)
+        if (cfg.swin.embed_dim, cfg.head.early_fusion, cfg.head.num_layers) == (embed_dim, fusion, layers):
+            return cfg
+    raise GlipError(f"{source}: the architecture (Swin width {embed_dim}, {layers} head layers, "
+                    f"{'with' if fusion else 'without'} deep fusion) is not a preset; pass --config CFG.yaml")
+
+
+def load_model(source: ModelSource) -> "GLIP":  # noqa: F821 (forward reference)
+    """Build the `GLIP` of `source` and load its weights (read once, checked by name and shape)."""
+    from glipcli.modeling.glip import GLIP
+
+    if source.weights is None:
+        if source.config is None:
+            raise GlipError("no model given: pass a preset name (e.g. glip-t) or a checkpoint")
+        return GLIP(source.config)
+    state, metadata = read_state_dict(source.weights)
+    cfg = source.config or infer_config(state, metadata, source=str(source.weights))
+    model = GLIP(cfg)
+    load_state_dict_checked(model, state, source=str(source.weights))
+    return model
+
