@@ -152,9 +152,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:  # validates the header
                 metadata = dict(f.metadata() or {})
-                state = {k: f.get_tensor(k) for k in f.keys()}
+            state = _map_safetensors(path)
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise GlipError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
     else:
@@ -173,6 +173,43 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if keys and all(k.startswith("module.") for k in keys):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state, metadata
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file as views of a private (copy-on-write) memory map.
+
+    Nothing is copied: loading with `assign=True` makes the parameters these views, so a model
+    costs its file pages once instead of file + a separate copy, and pages never touched (most
+    rows of the 30522-word embedding) are never read."""
+    import json
+    import mmap
+    import struct
+
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_len))
+        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    start = 8 + header_len
+    state = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        shape = info["shape"]
+        if end == begin:
+            state[key] = torch.empty(shape, dtype=dtype)
+            continue
+        flat = torch.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
+        state[key] = flat.view(shape)
+    return state
 
 
 def _torch_load_plain(path: Path) -> Any:
@@ -229,7 +266,11 @@ def load_checkpoint(model: nn.Module, path: str | Path, strict: bool = True) -> 
 
 
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint",
-                            strict: bool = True) -> dict[str, list[str]]:
+                            strict: bool = True, assign: bool = False) -> dict[str, list[str]]:
+    """Check `state` against `model` by name and shape, then load it.
+
+    assign=True makes the checkpoint tensors the model's parameters (no copy; used with a model
+    built by `build_empty`, whose parameters have no storage yet)."""
     cfg: GLIPConfig = model.cfg
     if is_official_state_dict(state):
         state, unexpected = convert_official_state_dict(state, cfg)
@@ -262,8 +303,25 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
             parts.append(f"unexpected {_summarise(unexpected)}")
         raise GlipError(f"{source}: checkpoint does not match the '{cfg.name}' architecture: " + "; ".join(parts))
     to_load = {k: v for k, v in state.items() if k in own}
-    model.load_state_dict(to_load, strict=False)
+    if assign:
+        # Parameters take the checkpoint's tensors as they are, unless their dtype or layout
+        # differs (a float16 checkpoint, an expanded view): then a proper copy is made.
+        to_load = {k: v if v.dtype == own[k].dtype and v.is_contiguous() else v.to(own[k].dtype).contiguous()
+                   for k, v in to_load.items()}
+    model.load_state_dict(to_load, strict=False, assign=assign)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def build_empty(cfg: GLIPConfig) -> nn.Module:
+    """A `GLIP` whose parameters are not allocated or initialised (meta device) while its
+    buffers are real; fill it with `load_state_dict_checked(..., assign=True)`. Building this
+    way skips the random initialisation (seconds for GLIP-T) and a second copy of the weights."""
+    from accelerate import init_empty_weights
+
+    from glipcli.modeling.glip import GLIP
+
+    with init_empty_weights(include_buffers=False):
+        return GLIP(cfg)
 
 
 def config_to_json(cfg: GLIPConfig) -> str:

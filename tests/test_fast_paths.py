@@ -57,3 +57,19 @@ def test_grid_sample_deform_conv_equals_torchvision(shape, stride, out_hw):
     ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     out = deform_conv3x3_grid_sample(x, offset, mask, weight, bias, stride)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_grid_sample_deform_conv_gradients_match_torchvision():
+    """Training goes through the same kernel: its gradients must agree too."""
+    torch.manual_seed(3)
+    x = torch.randn(1, 4, 70, 70, requires_grad=True)  # 4900 positions: more than one slice
+    weight = torch.randn(4, 4, 3, 3, requires_grad=True)
+    offset = (torch.randn(1, 18, 70, 70) * 2).requires_grad_()
+    mask = torch.rand(1, 9, 70, 70).requires_grad_()
+    deform_conv2d(x, offset, weight, None, padding=1, mask=mask).square().sum().backward()
+    ref = [t.grad.clone() for t in (x, weight, offset, mask)]
+    for t in (x, weight, offset, mask):
+        t.grad = None
+    deform_conv3x3_grid_sample(x, offset, mask, weight, None).square().sum().backward()
+    for got, want in zip((x.grad, weight.grad, offset.grad, mask.grad), ref):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)

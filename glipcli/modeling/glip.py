@@ -39,12 +39,19 @@ class GLIP(nn.Module):
     def forward(self, images: torch.Tensor, text: TextFeatures) -> GLIPOutputs:
         """images: [B, 3, H, W] normalised and padded; text: `encode_text` output, batch B or 1
         (a single caption is shared by every image)."""
-        features = self.backbone(images)
-        if text.hidden.shape[0] != images.shape[0]:
-            text = _expand_text(text, images.shape[0])
+        return self.forward_head(self.backbone(images), text)
+
+    def forward_head(self, features: list[torch.Tensor], text: TextFeatures) -> GLIPOutputs:
+        """Fusion head + grounding outputs from FPN features (P3..P7, each [B, C, H_l, W_l]).
+
+        The image backbone does not depend on the caption, so a caller running several captions
+        over the same images (chunked long class lists) computes `backbone(images)` once."""
+        batch = features[0].shape[0]
+        if text.hidden.shape[0] != batch:
+            text = _expand_text(text, batch)
         head = self.head(features, text)
         anchors = grid_anchors([f.shape[-2:] for f in features], self.cfg.anchors.sizes,
-                               self.cfg.anchors.strides, device=images.device)
+                               self.cfg.anchors.strides, device=features[0].device)
         return GLIPOutputs(head=head, anchors=anchors, features=features)
 
 

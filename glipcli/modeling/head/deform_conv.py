@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+_POSITIONS_PER_SLICE = 4096
 _TAP_DY = (-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
 _TAP_DX = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0)
 
@@ -33,16 +34,19 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     # align_corners=True this also maps positions correctly when a side has a single pixel.
     gx = (2.0 * xx + 1.0) / width - 1.0
     gy = (2.0 * y + 1.0) / height - 1.0
-    # Grid [B, h*w, 9, 2]. With a channels-last input, grid_sample writes its samples as
-    # [B, h*w, 9, Cin] in memory, which is directly the (tap, channel) column matrix.
-    grid = torch.stack((gx, gy), dim=-1).permute(0, 2, 3, 1, 4).reshape(b, h * w, 9, 2)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    samples = F.grid_sample(x_cl, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    samples = samples.permute(0, 2, 3, 1)  # [B, h*w, 9, Cin]
-    samples = samples * mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).to(x.dtype)
-    columns = samples.reshape(b, h * w, 9 * cin)
-    kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin)  # (tap, channel) order
-    out = columns @ kernel.t()
+    grid = torch.stack((gx, gy), dim=-1).permute(0, 2, 3, 1, 4).reshape(b, h * w, 9, 2).to(x.dtype)
+    taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).to(x.dtype)
+    kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin).t()  # (tap, channel) rows
+    slices = []
+    # Positions are processed in slices so the [positions, 9, Cin] sample matrix stays small
+    # (at P3 of an 800x1333 image it would otherwise be several hundred MB).
+    for begin in range(0, h * w, _POSITIONS_PER_SLICE):
+        end = min(begin + _POSITIONS_PER_SLICE, h * w)
+        samples = F.grid_sample(x, grid[:, begin:end], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)  # [B, Cin, n, 9]
+        columns = (samples.permute(0, 2, 3, 1) * taps_mask[:, begin:end]).reshape(b, end - begin, 9 * cin)
+        slices.append(columns @ kernel)
+    out = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)  # [B, h*w, Cout]
     if bias is not None:
         out = out + bias
     return out.transpose(1, 2).reshape(b, -1, h, w)
