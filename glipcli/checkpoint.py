@@ -182,12 +182,15 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_ALIGNMENT = 64  # bytes, as torch's own CPU allocations
+
+
 def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file as views of a private (copy-on-write) memory map.
 
-    Nothing is copied: loading with `assign=True` makes the parameters these views, so a model
-    costs its file pages once instead of file + a separate copy, and pages never touched (most
-    rows of the 30522-word embedding) are never read."""
+    Aligned tensors are not copied: loading with `assign=True` makes the parameters these views,
+    so they cost their file pages once, and pages never touched (most rows of the 30522-word
+    embedding) are never read."""
     import json
     import mmap
     import struct
@@ -208,6 +211,10 @@ def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
             state[key] = torch.empty(shape, dtype=dtype)
             continue
         flat = torch.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
+        if flat.data_ptr() % _ALIGNMENT:
+            # Kernels take other code paths on unaligned memory and round differently in the
+            # last bits; a copy keeps results bitwise independent of how weights were loaded.
+            flat = flat.clone()
         state[key] = flat.view(shape)
     return state
 

@@ -149,6 +149,16 @@ _GLIP_L = GLIPConfig(
     head=HeadConfig(num_layers=8),
 )
 
+_NANO = GLIPConfig(
+    name="nano",
+    swin=SwinConfig(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=7,
+                    drop_path_rate=0.1),
+    fpn=FPNConfig(out_channels=64, drop_block_prob=0.0),
+    language=LanguageConfig(hidden_size=384, num_layers=6, num_heads=12, intermediate_size=1536),
+    head=HeadConfig(channels=64, num_layers=2, fusion_embed_dim=512, fusion_heads=8),
+    input=InputConfig(min_size=256, max_size=384),
+)
+
 PRESETS: dict[str, GLIPConfig] = {
     "glip-t": _GLIP_T,
     "glip-t-a": _GLIP_T_A,
@@ -156,11 +166,13 @@ PRESETS: dict[str, GLIPConfig] = {
     "glip-t-b": _GLIP_T.replace(name="glip-t-b"),
     "glip-t-c": _GLIP_T.replace(name="glip-t-c"),
     "glip-l": _GLIP_L,
+    # Small GLIP for offline use: Swin (32 wide) + FPN 64, 2 fusion layers, all-MiniLM-L6-v2 text encoder.
+    "nano": _NANO,
 }
 
 
 def get_preset(name: str) -> GLIPConfig:
-    """Return the named preset config (`glip-t`, `glip-t-a`, `glip-t-b`, `glip-t-c`, `glip-l`)."""
+    """Return the named preset config (`glip-t`, `glip-t-a`, `glip-t-b`, `glip-t-c`, `glip-l`, `nano`)."""
     key = name.lower()
     if key not in PRESETS:
         raise GlipError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")

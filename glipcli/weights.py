@@ -12,13 +12,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from glipcli.checkpoint import is_official_state_dict, load_state_dict_checked, read_state_dict
-from glipcli.config import PRESETS, GLIPConfig, get_preset
+from glipcli.checkpoint import build_empty, is_official_state_dict, load_state_dict_checked, read_state_dict
+from glipcli.config import GLIPConfig, get_preset
 from glipcli.errors import GlipError
 from glipcli.hub import download_weights, is_preset
+
+if TYPE_CHECKING:
+    from glipcli.modeling.glip import GLIP
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -53,7 +57,7 @@ def resolve_model_source(model: str | GLIPConfig | None = None, weights: str | P
     if isinstance(model, GLIPConfig):
         cfg = model
     elif model is not None:
-        if is_preset(model) or model.lower() in PRESETS:
+        if is_preset(model):
             preset = model.lower()
         elif looks_like_path(model):
             if weights is not None:
@@ -114,7 +118,7 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
                     f"{'with' if fusion else 'without'} deep fusion) is not a preset; pass --config CFG.yaml")
 
 
-def load_model(source: ModelSource) -> "GLIP":  # noqa: F821 (forward reference)
+def load_model(source: ModelSource) -> GLIP:
     """Build the `GLIP` of `source` and load its weights (read once, checked by name and shape)."""
     from glipcli.modeling.glip import GLIP
 
@@ -124,7 +128,8 @@ def load_model(source: ModelSource) -> "GLIP":  # noqa: F821 (forward reference)
         return GLIP(source.config)
     state, metadata = read_state_dict(source.weights)
     cfg = source.config or infer_config(state, metadata, source=str(source.weights))
-    model = GLIP(cfg)
-    load_state_dict_checked(model, state, source=str(source.weights))
+    # Built without allocating or initialising parameters; the checkpoint's (memory-mapped)
+    # tensors become the parameters, so loading costs one copy of the weights, not two.
+    model = build_empty(cfg)
+    load_state_dict_checked(model, state, source=str(source.weights), assign=True)
     return model
-

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -218,15 +216,14 @@ def mixed_folder(tmp_path, golden_dir):
     return folder
 
 
-def test_folder_with_bad_files_processes_the_good_ones(mixed_folder, golden_dir, tmp_path):
+def test_folder_with_bad_files_processes_the_good_ones(mixed_folder, golden_dir, tmp_path, capsys):
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, "-m", "glipcli.cli.main", "detect", str(mixed_folder),
-                           *_golden_args(golden_dir), "-p", CLASSES, "--json", str(out),
-                           "--batch-size", "2"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 3, proc.stderr
+    code = main(["detect", str(mixed_folder), *_golden_args(golden_dir), "-p", CLASSES, "--json", str(out),
+                 "--batch-size", "2"])
+    assert code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 3, stderr
     assert "b_broken.jpg" in errors[0] and "d_empty.png" in errors[1]
     assert "2 of 4 images could not be read" in errors[2]
     data = json.loads(out.read_text())
@@ -372,3 +369,20 @@ def test_coco_ids_are_checked_before_inference(coco_run, golden_dir, tmp_path, c
                  "--coco-results", str(tmp_path / "c.json")])
     assert code == 2 and "--coco-gt" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+def test_detect_reads_a_classes_file_and_chunks_it(golden_dir, tmp_path):
+    names_file = tmp_path / "names.txt"
+    names_file.write_text("# four classes\nperson\nbicycle\n\ncar\ndog\n")
+    out = tmp_path / "out.json"
+    code = main(["detect", str(golden_dir / "tiny" / "image.png"), *_golden_args(golden_dir),
+                 "--classes-file", str(names_file), "--chunk-size", "2", "--box-threshold", "0.5",
+                 "--json", str(out), "-q"])
+    assert code == 0
+    (result,) = json.loads(out.read_text())
+    assert result["detections"]
+    assert {d["label"] for d in result["detections"]} <= set(NAMES)
+    assert all(d["label"] == NAMES[d["phrase_index"]] and d["score"] >= 0.5 for d in result["detections"])
+    code = main(["detect", str(golden_dir / "tiny" / "image.png"), *_golden_args(golden_dir),
+                 "--classes-file", str(names_file), "-p", "dog"])
+    assert code == 2

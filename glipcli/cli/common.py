@@ -30,8 +30,8 @@ DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autoc
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")]
 SaveVisOpt = Annotated[Optional[Path], typer.Option(help="Save each image with its boxes drawn into this folder.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
-StrictOpt = Annotated[bool, typer.Option(help="Stop at the first unreadable image (default: skip it, "
-                                                "report it, exit non-zero at the end).")]
+StrictOpt = Annotated[bool, typer.Option(
+    help="Stop at the first unreadable image (default: skip it, report it, exit non-zero at the end).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no tables; only errors.")]
 
 

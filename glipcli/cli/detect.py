@@ -21,8 +21,13 @@ MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one
 @app.command()
 def detect(
     images: ImagesArg,
-    prompt: Annotated[list[str], typer.Option("--prompt", "-p",
-                                              help='Class names: "person. bicycle." (repeatable).')],
+    prompt: Annotated[Optional[list[str]], typer.Option(
+        "--prompt", "-p", help='Class names: "person. bicycle." (repeatable).')] = None,
+    classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option(
+        help="A YAML prompt file (names, grounded texts, prefixes/suffixes, thresholds, suppression).")] = None,
+    chunk_size: Annotated[Optional[int], typer.Option(
+        help="At most this many classes per caption (long lists are split automatically anyway).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
@@ -43,9 +48,9 @@ def detect(
 ) -> None:
     """Detect the prompt's classes in each image."""
     from glipcli.data.sources import expand_image_args
-    from glipcli.predictor import parse_class_prompt
+    from glipcli.prompts.prompt_file import load_prompt_spec
 
-    class_names = parse_class_prompt(prompt)
+    spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
     sources = expand_image_args(images)
     if (coco_results is None) != (coco_gt is None):
         raise GlipError("--coco-results and --coco-gt go together: the ground truth gives the ids")
@@ -57,12 +62,15 @@ def detect(
         from glipcli.coco import CocoIndex
 
         coco_index = CocoIndex.load(coco_gt)
-        coco_index.check(sources, class_names)
+        coco_index.check(sources, spec.names)
 
     predictor = load_predictor(model, weights, config, device, dtype)
-    encoded = predictor.encode_classes(class_names)
-    items = predictor.iter_predict(sources, encoded, box_threshold=box_threshold, batch_size=batch_size,
-                                   skip_errors=not strict)
+    from glipcli.chunked import iter_detect_with_spec
+
+    # One caption, or several for a long class list; a plain class list gives exactly the
+    # detections of `GLIPPredictor.iter_predict`.
+    items = iter_detect_with_spec(predictor, sources, spec, box_threshold=box_threshold, chunk_size=chunk_size,
+                                  batch_size=batch_size, skip_errors=not strict)
     outcome = run_images(items, len(sources), quiet, on_result=_vis_writer(outputs))
 
     if not quiet:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from glipcli.cli import bench  # noqa: F401  (registers `glip bench`)
 from glipcli.cli import convert  # noqa: F401  (registers `glip convert`)
 from glipcli.cli import detect  # noqa: F401  (registers the command)
 from glipcli.cli import finetune  # noqa: F401  (registers `glip finetune`)
@@ -20,7 +21,8 @@ from glipcli.errors import GlipError
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit status 2."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Typer turns a Ctrl-C into exit code 130, returned (not raised) in non-standalone mode.
+        code = app(args=argv, standalone_mode=False)
     except GlipError as exc:
         stderr.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr.print("interrupted", highlight=False)
         return 130
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def run() -> None:

@@ -90,7 +90,7 @@ SHAPE_DESCRIPTIONS: dict[str, tuple[str, ...]] = {
 SIZE_SYNONYMS: dict[str, tuple[str, ...]] = {"small": ("tiny", "little"), "large": ("big", "huge")}
 PATTERN_SYNONYMS: dict[str, tuple[str, ...]] = {"striped": ("banded", "stripy"), "dotted": ("spotted", "polka-dot")}
 
-PLURALS: dict[str, str] = {shape: shape + "s" for shape in SHAPES}
+PLURALS: dict[str, str] = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
 COUNT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight")
 
 # Default held-out definitions: each colour and each shape is used at most once, so every held-out

@@ -9,7 +9,8 @@ counts. Boxes are COCO `[x, y, w, h]` in pixels: an object owning pixel columns 
 y0..y1 (inclusive) has the box `[x0, y0, x1 - x0 + 1, y1 - y0 + 1]`.
 
 Scene `i` of a stream depends only on (seed, rules name, stream name, i): scenes can be made in
-any order, and the train/valid/test streams never share a scene.
+any order, and the train/valid/test streams never share a scene. (Pixels are reproducible for
+given numpy and Pillow versions; the dataset manifest records both.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from glipcli.data.synthetic.vocabulary import (COLOURS, PATTERNS, SIZES, HeldOut
 from glipcli.errors import GlipError
 
 _PLACEMENT_TRIES = 40
+_SCENE_TRIES = 8
 
 
 @dataclass(frozen=True)
@@ -194,10 +196,19 @@ class SyntheticWorld:
 
     # -- sampling ----------------------------------------------------------------------------
     def scene(self, index: int, rules: str | SceneRules = "pretrain", stream: str = "train") -> Scene:
-        """Scene `index` of `stream` under `rules` (a task name or `SceneRules`)."""
+        """Scene `index` of `stream` under `rules` (a task name or `SceneRules`). With focus
+        combinations, a scene whose focus objects all failed to fit is drawn again (seeded)."""
         rules = self.rules(rules)
+        for attempt in range(_SCENE_TRIES):
+            purpose = "scene" if attempt == 0 else f"scene/retry{attempt}"
+            scene = self._sample_scene(self._rng(purpose, rules.name, stream, index), rules, index, stream)
+            if not rules.focus_combos or any((o.colour, o.shape) in rules.focus_combos for o in scene.objects):
+                return scene
+        raise GlipError(f"could not place a {rules.name} focus object in scene {index} of {stream} "
+                        f"after {_SCENE_TRIES} tries (images too small for the objects?)")
+
+    def _sample_scene(self, rng: np.random.Generator, rules: SceneRules, index: int, stream: str) -> Scene:
         cfg = self.config
-        rng = self._rng("scene", rules.name, stream, index)
         width, height = (int(v) for v in rng.integers(cfg.size_range[0], cfg.size_range[1] + 1, size=2))
         combos = self._sample_combos(rules, rng)
         specs = [self._sample_attributes(colour, shape, rng) for colour, shape in combos]

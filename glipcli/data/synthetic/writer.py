@@ -131,6 +131,7 @@ def write_coco_dataset(out_dir: str | Path, n_train: int = 1000, n_valid: int = 
             "image_format": image_format,
             "splits": {r.name: dataclasses.asdict(r) for r in reports},
             "box_convention": "COCO xywh of the visible extent (occluded parts excluded)",
+            "versions": _versions(),
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         _move_into_place(tmp, out_dir)
@@ -138,6 +139,16 @@ def write_coco_dataset(out_dir: str | Path, n_train: int = 1000, n_valid: int = 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return DatasetReport(root=out_dir, task=task, seed=world.seed, categories=names, splits=tuple(reports))
+
+
+def _versions() -> dict[str, str]:
+    """The package versions the pixels depend on (numpy's random streams, Pillow's rasteriser)."""
+    import numpy
+    import PIL
+
+    from glipcli import __version__
+
+    return {"glipcli": __version__, "numpy": numpy.__version__, "pillow": PIL.__version__}
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:

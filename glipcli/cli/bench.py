@@ -1,0 +1,198 @@
+"""`glip bench`: ODinW transfer (zero-shot, few-shot, full data; full / prompt / linear tuning) and the paper's
+COCO, LVIS and Flickr30K evaluations. The work is done by `glipcli.bench.runner` / `glipcli.bench.standard`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from glipcli.cli.app import app, stderr, stdout
+from glipcli.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt, WeightsOpt
+
+bench_app = typer.Typer(name="bench", no_args_is_help=True, pretty_exceptions_enable=False,
+                        help="Benchmarks: ODinW transfer across shots, seeds and tuning modes; COCO, LVIS, Flickr30K.")
+app.add_typer(bench_app, name="bench")
+
+DataRootOpt = Annotated[Optional[Path], typer.Option(help="The folder holding the datasets (see each command).")]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    help="Result folder (default: bench-results/<benchmark>/<model>). A re-run in it resumes.")]
+MaxImagesOpt = Annotated[Optional[int], typer.Option(
+    min=1, help="Evaluate only the first N images (a quick check; not comparable with the paper).")]
+EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", min=1,
+                                           help="Images per forward pass when evaluating (1 reproduces single-image "
+                                                "results exactly).")]
+
+
+def _model(model, weights, config, device, dtype):
+    from glipcli.bench.model import BenchModel
+
+    return BenchModel(model=model, weights=weights, config=config, device=device, dtype=dtype)
+
+
+def _print_files(files, quiet: bool) -> None:
+    if not quiet:
+        for path in files:
+            stderr.print(f"wrote {path}", highlight=False)
+
+
+@bench_app.command("odinw")
+def odinw(
+    zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Zero-shot cells (the default when no training "
+                                                                  "is asked for).")] = False,
+    shots: Annotated[Optional[str], typer.Option(help="K-shot fine-tuning cells, e.g. 1,3,5,10.")] = None,
+    seeds: Annotated[Optional[str], typer.Option(
+        help="Seeds of the fine-tuning cells (default: 3,30,300 for --shots, 3 for --full).")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Fine-tune on all the training data.")] = False,
+    mode: Annotated[str, typer.Option(help="Tuning: full, prompt (prompt tuning) or linear (linear probing); "
+                                           "several separated by commas.")] = "full",
+    prompts: Annotated[Optional[str], typer.Option(
+        help="ODinW prompts: manual (the paper's, default) or plain (class names).")] = None,
+    prompts_dir: Annotated[Optional[Path], typer.Option(help="Folder holding plain/ and manual/ prompt files "
+                                                             "(default: prompts/odinw of this checkout).")] = None,
+    suite: Annotated[str, typer.Option(help="odinw13, odinw35 or a suite file (.yaml) of your own datasets.")] = "odinw13",
+    datasets: Annotated[Optional[str], typer.Option(help="Only these datasets, e.g. Raccoon,pothole.")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(
+        help="Folder holding odinw/<dataset>/ (official layout) or Roboflow exports <dataset>/{train,valid}/ "
+             "(default: $GLIP_DATA_ROOT, else ./DATASET).")] = None,
+    skip_missing: Annotated[bool, typer.Option(help="Run the datasets found and skip the missing ones "
+                                                    "(default: a missing dataset is an error).")] = False,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
+    output: OutputOpt = None,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epoch cap of fine-tuning (default: official 200; "
+                                                              "early stopping usually ends sooner).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
+    eval_batch_size: EvalBatchOpt = 1,
+    keep_weights: Annotated[bool, typer.Option(help="Keep each fine-tuned cell's model_best.safetensors and "
+                                                    "checkpoints (default: deleted once the cell is recorded).")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    quiet: QuietOpt = False,
+) -> None:
+    """ODinW (or your own suite): zero-shot, K-shot and full-data transfer, tables in JSON, CSV and Markdown.
+
+    Needs the datasets: --data-root DIR with odinw/<name>/ (official layout) or <name>/{train,valid}/
+    Roboflow exports. Finished cells are skipped on a re-run with the same --output.
+    """
+    from glipcli.bench.results import rich_table
+    from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw
+
+    request = OdinwRequest(
+        suite=suite, datasets=[d for d in (datasets or "").split(",") if d.strip()] or None, data_root=data_root,
+        zero_shot=zero_shot, shots=parse_int_list(shots, "--shots"),
+        seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, full_data=full,
+        modes=[m.strip() for m in mode.split(",") if m.strip()], prompts=prompts, prompts_dir=prompts_dir,
+        skip_missing=skip_missing, output=output, epochs=epochs, batch_size=batch_size,
+        eval_batch_size=eval_batch_size, keep_weights=keep_weights)
+    report = run_odinw(request, _model(model, weights, config, device, dtype), console=None if quiet else stderr,
+                       progress=not quiet)
+    if not quiet:
+        stdout.print(rich_table(report.summary, title=f"{report.suite}: {report.model}"))
+        _print_files((report.files.json, report.files.csv, report.files.markdown), quiet)
+
+
+@bench_app.command("coco")
+def coco(
+    data_root: DataRootOpt = None,
+    ann: Annotated[Optional[Path], typer.Option(help="instances_val2017.json (default: "
+                                                     "DATA_ROOT/annotations/instances_val2017.json).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="The val2017 image folder (default: DATA_ROOT/val2017).")] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
+    output: OutputOpt = None,
+    batch_size: EvalBatchOpt = 1,
+    max_images: MaxImagesOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    quiet: QuietOpt = False,
+) -> None:
+    """Zero-shot COCO val2017 box AP (pycocotools), beside the published number for an official preset.
+
+    Needs COCO val2017: DATA_ROOT/annotations/instances_val2017.json and DATA_ROOT/val2017/.
+    """
+    from glipcli.bench.standard import run_coco
+
+    report = run_coco(data_root, ann_file=ann, images=images, model=_model(model, weights, config, device, dtype),
+                      output=output, batch_size=batch_size, max_images=max_images,
+                      console=None if quiet else stderr, progress=not quiet)
+    _show(report, quiet)
+
+
+@bench_app.command("lvis")
+def lvis(
+    data_root: DataRootOpt = None,
+    split: Annotated[str, typer.Option(help="minival (5000 images, the paper's main number) or val (v1.0).")] = "minival",
+    ann: Annotated[Optional[Path], typer.Option(help="The LVIS v1 annotation file (default: found under "
+                                                     "DATA_ROOT/coco/annotations/).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="The COCO image folder holding val2017/ and train2017/ "
+                                                        "(default: DATA_ROOT/coco).")] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
+    output: OutputOpt = None,
+    batch_size: EvalBatchOpt = 1,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Classes per caption (official: 40).")] = 40,
+    max_detections: Annotated[int, typer.Option(min=1, help="Detections per image (official: 300).")] = 300,
+    max_images: MaxImagesOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    quiet: QuietOpt = False,
+) -> None:
+    """Zero-shot LVIS fixed AP (AP, APr, APc, APf) with the 1203 class names in chunked captions.
+
+    Needs LVIS v1 annotations (e.g. DATA_ROOT/coco/annotations/lvis_v1_minival_inserted_image_name.json) and the
+    COCO images (DATA_ROOT/coco/val2017/, train2017/).
+    """
+    from glipcli.bench.standard import run_lvis
+
+    report = run_lvis(data_root, split=split, ann_file=ann, images=images,
+                      model=_model(model, weights, config, device, dtype), output=output, batch_size=batch_size,
+                      max_images=max_images, chunk_size=chunk_size, max_detections=max_detections,
+                      console=None if quiet else stderr, progress=not quiet)
+    _show(report, quiet)
+
+
+@bench_app.command("flickr30k")
+def flickr30k(
+    data_root: DataRootOpt = None,
+    split: Annotated[str, typer.Option(help="val or test.")] = "val",
+    entities: Annotated[Optional[Path], typer.Option(
+        help="The Flickr30K Entities release (val.txt, test.txt, Sentences/, Annotations/; default: "
+             "DATA_ROOT/flickr30k_entities).")] = None,
+    images: Annotated[Optional[Path], typer.Option(help="The Flickr30K images <id>.jpg (default: "
+                                                        "DATA_ROOT/flickr30k-images).")] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
+    output: OutputOpt = None,
+    merged: Annotated[bool, typer.Option(help="The merged-box protocol (one box enclosing a phrase's boxes) "
+                                              "instead of any-box.")] = False,
+    max_images: MaxImagesOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    quiet: QuietOpt = False,
+) -> None:
+    """Flickr30K Entities phrase grounding: Recall@1/5/10 (any-box protocol) beside the published numbers.
+
+    Needs the Flickr30K Entities annotations and the Flickr30K images.
+    """
+    from glipcli.bench.standard import run_flickr30k
+
+    report = run_flickr30k(data_root, split=split, entities=entities, images=images,
+                           model=_model(model, weights, config, device, dtype), output=output,
+                           max_images=max_images, merge_boxes=merged, console=None if quiet else stderr,
+                           progress=not quiet)
+    _show(report, quiet)
+
+
+def _show(report, quiet: bool) -> None:
+    if quiet:
+        return
+    stdout.print(report.rich_table())
+    for note in report.notes:
+        stderr.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    _print_files(report.files, quiet)
