@@ -95,7 +95,7 @@ def iter_detect_with_spec(predictor: GLIPPredictor, images: ImageInput | Sequenc
     post = predictor.cfg.postprocess
 
     def detect_batch(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> list[Detections]:
-        per_chunk = [predictor.detect_tensor(batch, sizes, chunk.prompt) for chunk in plan.chunks]
+        per_chunk = predictor.detect_tensor_prompts(batch, sizes, [chunk.prompt for chunk in plan.chunks])
         return [merge_chunk_detections([dets[b] for dets in per_chunk], plan, box_threshold=box_threshold,
                                        nms_threshold=post.nms_threshold, max_detections=post.max_detections,
                                        suppress_iou=suppress_iou)

@@ -179,16 +179,30 @@ class GLIPPredictor:
         a phrase is never crowded out by another's many boxes). The model runs under autocast
         for a reduced dtype; its outputs are cast to float32 before post-processing, so boxes
         and scores are always float32."""
-        text = self.text_features(prompt)
+        return self.detect_tensor_prompts(images, image_sizes, [prompt], cap=cap)[0]
+
+    @torch.inference_mode()
+    def detect_tensor_prompts(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
+                              prompts: Sequence[EncodedPrompt], cap: bool = True) -> list[list[Detections]]:
+        """`detect_tensor` for several prompts over the same images (e.g. the chunks of a long
+        class list): the image backbone, which does not depend on the text, runs once.
+        Returns, per prompt, the detections of each image."""
         with autocast(self.device, self.dtype):
-            outputs = self.model(images.to(self.device), text)
-        head = outputs.head
-        args = ([r.float() for r in head.box_regression], [c.float() for c in head.centerness],
-                [phrase_scores(logits.float(), prompt.token_spans) for logits in head.token_logits],
-                [a.float() for a in outputs.anchors], image_sizes)
-        if cap:
-            return self.postprocessor(*args)
-        return [self.postprocessor.nms(dets) for dets in self.postprocessor.candidates(*args)]
+            features = self.model.backbone(images.to(self.device))
+        results = []
+        for prompt in prompts:
+            text = self.text_features(prompt)
+            with autocast(self.device, self.dtype):
+                outputs = self.model.forward_head(features, text)
+            head = outputs.head
+            args = ([r.float() for r in head.box_regression], [c.float() for c in head.centerness],
+                    [phrase_scores(logits.float(), prompt.token_spans) for logits in head.token_logits],
+                    [a.float() for a in outputs.anchors], image_sizes)
+            if cap:
+                results.append(self.postprocessor(*args))
+            else:
+                results.append([self.postprocessor.nms(dets) for dets in self.postprocessor.candidates(*args)])
+        return results
 
     def iter_batched(self, images: ImageInput | Sequence[ImageInput], detect_batch: BatchDetector,
                      batch_size: int = 1, skip_errors: bool = False

@@ -1,17 +1,17 @@
 """`glip bench`: the ODinW-style runner (zero-shot, few-shot cells, resume, missing datasets) on small
 subsets of the shared real datasets, and `bench coco` / `bench lvis` / `bench flickr30k` end to end on
-fixtures written here in the official formats. A tiny random GLIP (128-160 px images) runs the model
-side; "perfect" detectors (the ground truth fed through the pipeline) check the plumbing with
+fixtures written here in the official formats. A tiny GLIP runs the model
+side (the reduced reference GLIP-T, golden weights, 128-160 px images); "perfect" detectors (the ground truth fed through the pipeline) check the plumbing with
 hand-known metrics: class -> category maps, the +1 box convention of COCO / ODinW and none for LVIS."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from glipcli.bench import detect_eval, runner, standard
@@ -23,17 +23,19 @@ from glipcli.bench.standard import PredictionLog
 from glipcli.checkpoint import save_safetensors
 from glipcli.cli.main import main
 from glipcli.errors import GlipError
-from glipcli.modeling.glip import GLIP
 from glipcli.predictor import Detection
 from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
-from training_utils import tiny_config
+from glipcli.weights import ModelSource, load_model
+from glipcli.yacs_config import config_from_yacs
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(golden_dir):
-    torch.manual_seed(0)
-    return GLIP(tiny_config(golden_dir)).eval()
+    """The reduced reference GLIP-T (golden weights: it detects something) on 128-160 px images."""
+    cfg = config_from_yacs(golden_dir / "tiny" / "config.yaml")
+    cfg = dataclasses.replace(cfg, name="tiny-golden", input=dataclasses.replace(cfg.input, min_size=128, max_size=160))
+    return load_model(ModelSource(cfg, golden_dir / "tiny" / "weights.safetensors")).eval()
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,8 @@ def test_parse_int_list_and_request_checks(tmp_path):
         run_odinw(OdinwRequest(suite="odinw13", shots=[0]))
     with pytest.raises(GlipError, match="--mode must be one of full, prompt, linear"):
         run_odinw(OdinwRequest(suite="odinw13", shots=[1], modes=["lora"]))
+    with pytest.raises(GlipError, match="--seeds, --epochs only apply to fine-tuning cells"):
+        run_odinw(OdinwRequest(suite="odinw13", zero_shot=True, seeds=[3], epochs=2))
 
 
 def test_bench_model_labels_and_paper_presets():
@@ -233,6 +237,7 @@ def test_zero_shot_cells_and_resume_skip_finished_cells(tiny, real_data, tmp_pat
     assert [(k.shots, k.seed, k.mode, k.prompts) for k in first.evaluated] == [(0, None, "zero-shot", "names")] * 2
     cell = json.loads((out / "cells" / "pothole__zero__zero-shot__names.json").read_text())
     assert cell["info"]["images"] == 2 and cell["info"]["eval_split"] == "val" and cell["info"]["category_ids"] == [1]
+    assert 0 < cell["info"]["detections"] <= 2 * 100  # the model's per-image cap
     assert set(cell["metrics"]) >= {"AP", "AP50", "AP75", "APs", "AR100"}
 
     second = run_odinw(request, model)
@@ -375,6 +380,14 @@ def test_perfect_detections_score_ap_one_through_the_runner(tiny, real_data, tmp
                                    output=tmp_path / "b"), model)
     (row, _avg) = chess.summary.rows
     assert row.dataset == "ChessPieces" and row.ap.mean == pytest.approx(100.0)
+    # an official preset gets the paper's numbers beside ours (Table 12, manual prompts)
+    monkeypatch.setattr(BenchModel, "paper_model", property(lambda self: "glip-t"))
+    official = run_odinw(OdinwRequest(suite="odinw13", datasets=["Raccoon", "pothole"], data_root=real_data,
+                                      output=tmp_path / "d"), model)
+    assert [(r.dataset, r.paper is not None) for r in official.summary.rows] == [
+        ("Raccoon", True), ("pothole", True), ("Average", False)]  # the paper's average needs all 13 datasets
+    assert "zero-shot, manual: paper AP" in official.files.markdown.read_text()
+    monkeypatch.undo()
     # off by one pixel (w = x2 - x1 instead of the official x2 - x1 + 1): no longer perfect
     monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes(anns), plus_one=False))
     off = run_odinw(OdinwRequest(suite="odinw35", datasets=["ChessPieces"], data_root=real_data,
@@ -419,7 +432,10 @@ def test_bench_coco_end_to_end(tiny_weights, tmp_path, capsys, monkeypatch):
     result = json.loads((out / "result.json").read_text())
     assert result["images"] == 3 and result["predicted_now"] == 3 and result["paper"] == {}
     assert set(result["metrics"]) >= {"AP", "AP50", "APs"} and "COCO val2017" in stdout
-    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4  # header + 3 images
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # header + 3 images
+    rows = json.loads(lines[1])["value"]
+    assert 0 < len(rows) <= 100 and all(r[0] in (1, 3, 7) and len(r) == 6 for r in rows)
     code, _, _ = _cli(capsys, *args)
     again = json.loads((out / "result.json").read_text())
     assert code == 0 and again["predicted_now"] == 0 and again["reused"] == 3 and again["metrics"] == result["metrics"]
@@ -435,14 +451,19 @@ def test_bench_coco_end_to_end(tiny_weights, tmp_path, capsys, monkeypatch):
 def test_bench_coco_shifted_box_costs_the_expected_ap(tiny_weights, tmp_path, capsys, monkeypatch):
     """One of three 40 x 40 boxes moved 6 px: IoU 34/46 = 0.74, a hit at IoU 0.50-0.70 (5 of 10
     thresholds), so that category's AP is 0.5 and the mean (1 + 1 + 0.5) / 3."""
+    from glipcli.bench import paper
+
     ann = write_coco(tmp_path / "coco", box=(5, 20, 40, 40))
     monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes([ann], tmp_path / "coco" / "val2017"),
                                                                             shift={"bicycle": 6}))
-    code, _, err = _cli(capsys, "bench", "coco", "--ann", str(ann), "--images", str(tmp_path / "coco" / "val2017"),
-                        "--weights", str(tiny_weights), "--device", "cpu", "--output", str(tmp_path / "out"))
+    monkeypatch.setattr(BenchModel, "paper_model", property(lambda self: "glip-t"))  # as if official weights
+    code, stdout, err = _cli(capsys, "bench", "coco", "--ann", str(ann), "--images", str(tmp_path / "coco" / "val2017"),
+                             "--weights", str(tiny_weights), "--device", "cpu", "--output", str(tmp_path / "out"))
     assert code == 0, err
-    metrics = json.loads((tmp_path / "out" / "result.json").read_text())["metrics"]
-    assert metrics["AP"] == pytest.approx(2.5 / 3) and metrics["AP50"] == pytest.approx(1.0)
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["metrics"]["AP"] == pytest.approx(2.5 / 3) and result["metrics"]["AP50"] == pytest.approx(1.0)
+    assert result["paper"]["AP"]["value"] == paper.coco_box_ap("glip-t").value and "paper" in stdout
+    assert f"{paper.coco_box_ap('glip-t').value:.1f}" in (tmp_path / "out" / "result.md").read_text()
 
 
 def test_bench_coco_missing_data(tmp_path, capsys):
@@ -541,7 +562,7 @@ def test_bench_flickr30k_end_to_end(tiny_weights, tmp_path, capsys, monkeypatch)
     assert all(0.0 <= v <= 1.0 for v in result["metrics"].values()) and "R@10" in stdout
     assert "4 phrases in 3 sentences (any-box protocol)" in result["notes"][-1]
     stored = json.loads((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()[1])["value"]
-    assert [len(s) for s in stored] == [2, 1] and all(len(phrase) <= 10 for s in stored for phrase in s)
+    assert [len(s) for s in stored] == [2, 1] and all(1 <= len(phrase) <= 10 for s in stored for phrase in s)
 
     # perfect grounding gives recall 1; one phrase with a wrong first box: R@1 3/4, R@5 1
     def grounder(wrong_first: bool):

@@ -132,6 +132,11 @@ def _check_request(req: OdinwRequest) -> OdinwRequest:
     unknown = [m for m in req.modes if m not in MODES]
     if unknown or not req.modes:
         raise GlipError(f"--mode must be one of {', '.join(MODES)} (got {', '.join(map(str, unknown)) or 'none'})")
+    if not req.trains:
+        given = [flag for flag, value in (("--seeds", req.seeds), ("--epochs", req.epochs),
+                                          ("--batch-size", req.batch_size)) if value is not None]
+        if given:
+            raise GlipError(f"{', '.join(given)} only apply to fine-tuning cells (--shots or --full)")
     if req.seeds is not None and not req.seeds:
         raise GlipError("--seeds needs at least one seed")
     if req.epochs is not None and req.epochs < 1:

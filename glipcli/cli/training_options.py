@@ -88,6 +88,8 @@ def run(task: str, *, data, train_ann, train_images, val_ann, val_images, test_a
                          prompt_file=prompt_file, model=model, config=config, weights=weights,
                          options=options, resume=resume, cpu=cpu, progress=progress)
     result = run_training(request, console=stderr)
+    if not result.main_process:
+        return
     best = result.metrics.get("best") or {}
     val = (best.get("val") or {}) if isinstance(best, dict) else {}
     test = result.metrics.get("test") or {}

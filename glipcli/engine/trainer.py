@@ -100,6 +100,7 @@ class TrainResult:
     output_dir: Path
     best_path: Path
     metrics: dict[str, Any]
+    main_process: bool = True  # False in the other processes of a multi-process run
 
 
 @dataclass
@@ -589,7 +590,7 @@ class Trainer:
         self._log("end", epochs_run=self.state.epoch, stopped_early=self.state.stopped_early,
                   best_epoch=self.stopper.best_epoch, best=str(best_path))
         self._say(f"wrote {best_path} and {self.output_dir / METRICS_FILE}")
-        return TrainResult(self.output_dir, best_path, metrics)
+        return TrainResult(self.output_dir, best_path, metrics, acc.is_main_process)
 
 
 def _config_json(model: GLIP) -> str:
