@@ -1,8 +1,9 @@
 """`glip bench`: the ODinW-style runner (zero-shot, few-shot cells, resume, missing datasets) on small
 subsets of the shared real datasets, and `bench coco` / `bench lvis` / `bench flickr30k` end to end on
-fixtures written here in the official formats. A tiny GLIP runs the model
-side (the reduced reference GLIP-T, golden weights, 128-160 px images); "perfect" detectors (the ground truth fed through the pipeline) check the plumbing with
-hand-known metrics: class -> category maps, the +1 box convention of COCO / ODinW and none for LVIS."""
+fixtures written here in the official formats. The model side runs the reduced reference GLIP-T (golden
+weights) on 128-160 px images; "perfect" detectors (the ground truth fed through the pipeline) check the
+plumbing with hand-known metrics: class -> category maps, the +1 box convention of COCO / ODinW and none
+for LVIS."""
 
 from __future__ import annotations
 

@@ -56,13 +56,14 @@ class _Interrupt:
 
 # -- over-fitting ---------------------------------------------------------------------------------------
 def _overfit(golden_dir: Path, tmp_path: Path, epochs: int, copies: int):
-    shapes_dataset(tmp_path / "data", train_images=2, val=False)
+    shapes_dataset(tmp_path / "data", train_images=2, val=False, size=(128, 96))
     data = _splits(tmp_path / "data", val=False)
     data = TrainData(data.train, data.train, data.train)  # validate and test on the training images
     losses = []
     config = TrainConfig(task="full", seed=0, epochs=epochs, copies=copies, batch_size=2, lr=1e-3, language_lr=1e-3,
                          augment=False, lr_patience=100, stop_patience=100)
-    trainer = Trainer(_model(tiny_config(golden_dir, fusion_dim=256)), data, config, tmp_path / "out",
+    trainer = Trainer(_model(tiny_config(golden_dir, min_size=96, max_size=128, fusion_dim=256)), data, config,
+                      tmp_path / "out",
                       progress=False, step_callback=lambda info: losses.append(info.losses))
     return trainer, trainer.fit(), losses
 

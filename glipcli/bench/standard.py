@@ -31,7 +31,6 @@ paper, and said so in the result).
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -92,7 +91,8 @@ class PredictionLog:
         differ = sorted(k for k in set(header) | set(self.identity) if header.get(k) != self.identity.get(k))
         if differ:
             shown = ", ".join(f"{k}={header.get(k)!r} (now {self.identity.get(k)!r})" for k in differ)
-            raise GlipError(f"{self.path.parent} holds predictions of a different run: {shown}; use another output folder")
+            raise GlipError(f"{self.path.parent} holds predictions of a different run: {shown}; "
+                            "use another output folder")
         if good != len(raw):
             with open(self.path, "r+b") as f:
                 f.truncate(good)
@@ -149,7 +149,8 @@ class StandardReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"benchmark": self.benchmark, "model": self.model, "unit": "fractions (paper: percent)", "metrics": self.metrics,
+        return {"benchmark": self.benchmark, "model": self.model, "unit": "fractions (paper: percent)",
+                "metrics": self.metrics,
                 "paper_model": self.paper_model,
                 "paper": {k: {"value": v.value, "std": v.std, "source": v.source} for k, v in self.paper.items()},
                 "images": self.images, "predicted_now": self.predicted, "reused": self.reused, "notes": self.notes}
@@ -392,7 +393,8 @@ def run_lvis(data_root: str | Path | None = None, *, split: str = "minival", ann
     results = [r for image_id in ids for r in _unpack(image_id, log.get(image_id))]
     metrics = lvis_box_ap(gt, results)
     published = paper.lvis_fixed_ap(model.paper_model, LVIS_SPLITS[split]) or {}
-    report = StandardReport(f"LVIS {split} fixed AP (zero-shot)", model.label, out, dict(metrics.metrics), dict(published),
+    report = StandardReport(f"LVIS {split} fixed AP (zero-shot)", model.label, out, dict(metrics.metrics),
+                            dict(published),
                             model.paper_model, len(ids), predicted, len(ids) - predicted,
                             _subset_note(max_images, len(all_images)),
                             shown=("AP", "APr", "APc", "APf", "AP50", "AP75", "APs", "APm", "APl"))

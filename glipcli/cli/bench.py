@@ -51,7 +51,8 @@ def odinw(
         help="ODinW prompts: manual (the paper's, default) or plain (class names).")] = None,
     prompts_dir: Annotated[Optional[Path], typer.Option(help="Folder holding plain/ and manual/ prompt files "
                                                              "(default: prompts/odinw of this checkout).")] = None,
-    suite: Annotated[str, typer.Option(help="odinw13, odinw35 or a suite file (.yaml) of your own datasets.")] = "odinw13",
+    suite: Annotated[str, typer.Option(
+        help="odinw13, odinw35 or a suite file (.yaml) of your own datasets.")] = "odinw13",
     datasets: Annotated[Optional[str], typer.Option(help="Only these datasets, e.g. Raccoon,pothole.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(
         help="Folder holding odinw/<dataset>/ (official layout) or Roboflow exports <dataset>/{train,valid}/ "
@@ -66,8 +67,9 @@ def odinw(
                                                               "early stopping usually ends sooner).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
     eval_batch_size: EvalBatchOpt = 1,
-    keep_weights: Annotated[bool, typer.Option(help="Keep each fine-tuned cell's model_best.safetensors and "
-                                                    "checkpoints (default: deleted once the cell is recorded).")] = False,
+    keep_weights: Annotated[bool, typer.Option(
+        help="Keep each fine-tuned cell's model_best.safetensors and checkpoints (default: deleted once the "
+             "cell is recorded).")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     quiet: QuietOpt = False,
@@ -99,7 +101,8 @@ def coco(
     data_root: DataRootOpt = None,
     ann: Annotated[Optional[Path], typer.Option(help="instances_val2017.json (default: "
                                                      "DATA_ROOT/annotations/instances_val2017.json).")] = None,
-    images: Annotated[Optional[Path], typer.Option(help="The val2017 image folder (default: DATA_ROOT/val2017).")] = None,
+    images: Annotated[Optional[Path], typer.Option(
+        help="The val2017 image folder (default: DATA_ROOT/val2017).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
@@ -125,7 +128,8 @@ def coco(
 @bench_app.command("lvis")
 def lvis(
     data_root: DataRootOpt = None,
-    split: Annotated[str, typer.Option(help="minival (5000 images, the paper's main number) or val (v1.0).")] = "minival",
+    split: Annotated[str, typer.Option(
+        help="minival (5000 images, the paper's main number) or val (v1.0).")] = "minival",
     ann: Annotated[Optional[Path], typer.Option(help="The LVIS v1 annotation file (default: found under "
                                                      "DATA_ROOT/coco/annotations/).")] = None,
     images: Annotated[Optional[Path], typer.Option(help="The COCO image folder holding val2017/ and train2017/ "

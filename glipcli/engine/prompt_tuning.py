@@ -83,11 +83,17 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+ARCHITECTURE_PARTS = ("swin", "fpn", "language", "head", "anchors")
+
+
 def model_identity(model: GLIP) -> dict[str, str]:
-    """What an adapter is tied to: the config (name and hash) and the weights (hash)."""
+    """What an adapter is tied to: the architecture (config name, and a hash of the parts that
+    shape the network: not the input size, post-processing or loss settings) and the weights."""
+    config = json.loads(config_to_json(model.cfg))
+    architecture = json.dumps({k: config[k] for k in ARCHITECTURE_PARTS}, sort_keys=True)
     return {
         "config_name": model.cfg.name,
-        "config_sha256": hashlib.sha256(config_to_json(model.cfg).encode()).hexdigest(),
+        "config_sha256": hashlib.sha256(architecture.encode()).hexdigest(),
         "weights_sha256": weights_digest(model),
     }
 

@@ -163,9 +163,7 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         if accelerator is None:
-            from accelerate import Accelerator
-
-            accelerator = Accelerator(mixed_precision=self.config.mixed_precision, cpu=cpu)
+            accelerator = _make_accelerator(self.config.mixed_precision, cpu)
         self.accelerator = accelerator
         self.is_prompt = self.config.task == "prompt"
         self._at_step_boundary = False  # the state matches the weights (a checkpoint may be taken)
@@ -591,6 +589,23 @@ class Trainer:
                   best_epoch=self.stopper.best_epoch, best=str(best_path))
         self._say(f"wrote {best_path} and {self.output_dir / METRICS_FILE}")
         return TrainResult(self.output_dir, best_path, metrics, acc.is_main_process)
+
+
+def _make_accelerator(mixed_precision: str, cpu: bool):
+    """An Accelerator for this run. accelerate keeps one process-wide state; a run in the same
+    process with another precision (or device choice) starts it afresh (the process group, if
+    any, is kept)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:
+        state = AcceleratorState()
+        if str(state.mixed_precision) != mixed_precision or (cpu and state.device.type != "cpu"):
+            AcceleratorState._reset_state()
+    try:
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+    except (ValueError, RuntimeError) as exc:
+        raise GlipError(f"--mixed-precision {mixed_precision}: {str(exc).splitlines()[0]}") from None
 
 
 def _config_json(model: GLIP) -> str:
