@@ -152,9 +152,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         from safetensors import safe_open
 
         try:
-            with safe_open(str(path), framework="pt") as f:  # validates the header
+            with safe_open(str(path), framework="pt") as f:  # validates the file
                 metadata = dict(f.metadata() or {})
-            state = _map_safetensors(path)
+            state = _read_safetensors(path)
         except Exception as exc:  # safetensors raises several types for corrupt files
             raise GlipError(f"{path}: not a readable safetensors file ({_short(exc)})") from None
     else:
@@ -182,40 +182,30 @@ _SAFETENSORS_DTYPES = {
 }
 
 
-_ALIGNMENT = 64  # bytes, as torch's own CPU allocations
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Read each tensor of a safetensors file straight into its own (aligned) allocation.
 
-
-def _map_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file as views of a private (copy-on-write) memory map.
-
-    Aligned tensors are not copied: loading with `assign=True` makes the parameters these views,
-    so they cost their file pages once, and pages never touched (most rows of the 30522-word
-    embedding) are never read."""
+    The model takes these tensors as its parameters (`assign=True`), so loading holds one copy
+    of the weights. Views of a memory map would avoid even that, but the file's tensors are not
+    64-byte aligned, and kernels then round differently in the last bits: results would depend
+    on how the weights were loaded."""
     import json
-    import mmap
     import struct
 
+    state = {}
     with open(path, "rb") as f:
         (header_len,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_len))
-        buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-    start = 8 + header_len
-    state = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-        begin, end = info["data_offsets"]
-        shape = info["shape"]
-        if end == begin:
-            state[key] = torch.empty(shape, dtype=dtype)
-            continue
-        flat = torch.frombuffer(buffer, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=start + begin)
-        if flat.data_ptr() % _ALIGNMENT:
-            # Kernels take other code paths on unaligned memory and round differently in the
-            # last bits; a copy keeps results bitwise independent of how weights were loaded.
-            flat = flat.clone()
-        state[key] = flat.view(shape)
+        start = 8 + header_len
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+            f.seek(start + begin)
+            if f.readinto(memoryview(tensor.view(-1).view(torch.uint8).numpy())) != end - begin:
+                raise GlipError(f"{path}: truncated safetensors file")
+            state[key] = tensor
     return state
 
 
