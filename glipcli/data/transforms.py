@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
 
 from glipcli.config import InputConfig
 from glipcli.errors import GlipError
@@ -46,23 +47,80 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that shows the image upright (the EXIF specification; the same
+# table as PIL's ImageOps.exif_transpose). 1 (upright) and any value outside 1..8 change nothing.
+_ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)  # these swap width and height
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1..8), or 1 when it has none, an invalid value (0, 9, 255,
+    a string, several values) or an EXIF block PIL cannot parse: such images are shown as stored."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception:  # PIL raises assorted errors (struct, KeyError, ...) on broken EXIF blocks
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _ORIENTATION_TRANSPOSE:
+        return 1
+    return value
+
+
+def apply_exif_orientation(image: Image.Image) -> Image.Image:
+    """The image as displayed: its EXIF orientation applied (see `exif_orientation`). Unlike
+    PIL's `ImageOps.exif_transpose`, never rewrites (or chokes on) the EXIF block itself."""
+    transpose = _ORIENTATION_TRANSPOSE.get(exif_orientation(image))
+    return image if transpose is None else image.transpose(transpose)
+
+
+def _bomb_message(file: Path, exc: Exception) -> str:
+    """PIL's decompression-bomb refusal as a message saying what to do."""
+    limit = Image.MAX_IMAGE_PIXELS
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "too many pixels"
+    bound = f"at most {2 * limit / 1e6:.0f} megapixels" if limit else "a bounded size"
+    return (f"{file}: image too large to decode safely ({size}; glip reads images of {bound}, "
+            "PIL's decompression-bomb limit); downscale it first")
+
+
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Read an image file fully, apply its EXIF orientation and return it as RGB."""
+    """Read an image file fully, apply its EXIF orientation and return it as RGB.
+
+    Every failure is a one-line GlipError naming the file: missing, a folder, empty, not an
+    image, truncated or corrupt, or larger than PIL's decompression-bomb limit (2 x
+    `PIL.Image.MAX_IMAGE_PIXELS`, about 179 megapixels: refused from the header alone, before any
+    pixel is decoded). A broken or invalid EXIF block is ignored (the image is used as stored)."""
     file = Path(path)
     if not file.exists():
         raise GlipError(f"{file}: no such file")
     if file.is_dir():
         raise GlipError(f"{file}: not a readable image (it is a directory)")
     try:
+        if file.stat().st_size == 0:
+            raise GlipError(f"{file}: not a readable image (empty file, 0 bytes)")
         with Image.open(file) as opened:
             opened.load()  # full decode now, so truncated files fail here
-            image = ImageOps.exif_transpose(opened)
-            return to_rgb(image)
+            image = to_rgb(apply_exif_orientation(opened))
+            return opened.copy() if image is opened else image  # closing `opened` frees its pixels
     except GlipError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        reason = str(exc).strip() or type(exc).__name__
-        raise GlipError(f"{file}: not a readable image ({reason})") from exc
+    except Image.DecompressionBombError as exc:
+        raise GlipError(_bomb_message(file, exc)) from None
+    except UnidentifiedImageError:
+        raise GlipError(f"{file}: not a readable image (not an image format glip can read)") from None
+    except MemoryError:
+        raise GlipError(f"{file}: not enough memory to decode this image") from None
+    except Exception as exc:  # corrupt data makes PIL's decoders raise many types, not only OSError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GlipError(f"{file}: not a readable image ({reason[:200]})") from None
 
 
 def resized_size(

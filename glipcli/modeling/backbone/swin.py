@@ -20,6 +20,9 @@ from glipcli.config import SwinConfig
 _CROSS_REGION_BIAS = -100.0
 
 
+_MLP_TOKENS_PER_SLICE = 8192
+
+
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
     """Stochastic depth: zero whole samples of a residual branch with prob `drop_prob`, rescale the rest.
 
@@ -185,7 +188,15 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        if torch.is_grad_enabled():
+            return x + self.drop_path(self.mlp(self.norm2(x)))
+        # Inference: the MLP runs over slices of tokens, added in place, so its 4x-wide hidden
+        # activations never exist for the whole map at once (large images, P2-level maps).
+        flat = x.view(-1, c)
+        for start in range(0, flat.shape[0], _MLP_TOKENS_PER_SLICE):
+            rows = flat[start:start + _MLP_TOKENS_PER_SLICE]
+            rows += self.mlp(self.norm2(rows))
+        return x
 
 
 class PatchMerging(nn.Module):
