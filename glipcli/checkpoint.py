@@ -244,8 +244,15 @@ def _refused(path: Path, exc: Exception) -> str:
 
 
 def _short(exc: Exception) -> str:
+    """The first sentence of an exception's message (torch's and safetensors' run on with advice),
+    prefixed with "truncated or damaged file" when that is what the reader's complaint means."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
+    text = re.split(r"(?<=[a-z)])\. ", text, maxsplit=1)[0].rstrip(".")[:200]
+    damaged = ("central directory", "file not fully covered", "invalid header", "unexpected eof",
+               "truncated", "incomplete", "failed reading")
+    if any(marker in text.lower() for marker in damaged):
+        return f"truncated or damaged file: {text}"
+    return text
 
 
 def _summarise(keys: list[str], limit: int = 5) -> str:

@@ -149,8 +149,11 @@ class GLIPPredictor:
         text, found = grounding_phrases(caption, phrases, markup=markup)
         prompt = encode_prompt(text, found, max_length=self.cfg.language.max_query_len)
         if prompt.truncated:
-            raise GlipError(f"the caption is longer than the model's {prompt.max_length} tokens "
-                            "([CLS] and [SEP] included); shorten it")
+            from glipcli.prompts.chunking import count_tokens
+
+            raise GlipError(f"the caption is longer than the model's {prompt.max_length} tokens ({count_tokens(text)} "
+                            "tokens, [CLS] and [SEP] included); shorten it: a grounding caption is read whole, "
+                            "it cannot be split into chunks")
         for phrase, tokens in zip(found, prompt.token_spans):
             if not tokens:
                 raise GlipError(f"phrase {phrase.text!r} covers no token of the caption")

@@ -352,7 +352,7 @@ def test_failed_save_keeps_existing_file(tiny_model, tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing_save_file)
     monkeypatch.setattr(checkpoint, "save_file", failing_save_file, raising=False)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(GlipError, match="model.safetensors: cannot write the file \\(disk full\\)"):
         save_safetensors(tiny_model, target)
     assert target.read_bytes() == b"previous contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -44,14 +46,18 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 class _Interrupt:
-    """A step callback that raises KeyboardInterrupt (a Ctrl-C) after `at` optimiser steps."""
+    """A step callback that interrupts the run after `at` optimiser steps: by raising
+    KeyboardInterrupt, or by sending this process a real SIGINT (Ctrl-C)."""
 
-    def __init__(self, at: int):
-        self.at = at
+    def __init__(self, at: int, how: str = "raise"):
+        self.at, self.how = at, how
 
     def __call__(self, info) -> None:
         if info.global_step == self.at:
-            raise KeyboardInterrupt
+            if self.how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)  # the trainer's handler: stop after this step
+            else:
+                raise KeyboardInterrupt
 
 
 # -- over-fitting ---------------------------------------------------------------------------------------
@@ -99,8 +105,8 @@ def test_tiny_model_overfits_two_images_fully(golden_dir, tmp_path):
 
 
 # -- exact resumption -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("interrupt_at", [4, 3])  # mid-epoch 2; right after the last step of epoch 1
-def test_resume_after_interruption_gives_the_same_weights(golden_dir, tmp_path, interrupt_at):
+@pytest.mark.parametrize("interrupt_at, how", [(4, "sigint"), (3, "raise")])  # mid-epoch 2; end of epoch 1
+def test_resume_after_interruption_gives_the_same_weights(golden_dir, tmp_path, interrupt_at, how):
     shapes_dataset(tmp_path / "data", train_images=3, val=False)
     data = _splits(tmp_path / "data", val=False)
     cfg = tiny_config(golden_dir, min_size=64, max_size=96, fusion_dim=256)
@@ -112,7 +118,8 @@ def test_resume_after_interruption_gives_the_same_weights(golden_dir, tmp_path, 
     expected = _snapshot(straight._glip())
     expected_optim = straight.optimizer.state_dict()
 
-    first = Trainer(_model(cfg), data, config, tmp_path / "b", progress=False, step_callback=_Interrupt(interrupt_at))
+    first = Trainer(_model(cfg), data, config, tmp_path / "b", progress=False,
+                    step_callback=_Interrupt(interrupt_at, how))
     with pytest.raises(KeyboardInterrupt):
         first.fit()
     latest = json.loads((tmp_path / "b/checkpoints/latest.json").read_text())
@@ -354,3 +361,19 @@ def test_glip_prompt_tune_cli_and_resume(golden_dir, tmp_path, capsys):
     assert adapter.caption == "red. blue" and adapter.offset.shape == (256, 64)
     assert (out / "adapter_best.safetensors").stat().st_size < 100_000
     assert not math.isnan(float(adapter.offset.sum()))
+
+    # `glip detect --adapter`: the tuned prompt by default, the same prompt accepted, any other refused
+    image = next((tmp_path / "data" / "valid").glob("*.png"), None) or next((tmp_path / "data" / "valid").glob("*.jpg"))
+    detect = ["detect", str(image), "--config", str(config), "--weights", str(golden_dir / "tiny/weights.safetensors"),
+              "--adapter", str(out / "adapter_best.safetensors"), "--box-threshold", "0", "-q"]
+    capsys.readouterr()
+    assert main(detect + ["--json", str(tmp_path / "tuned.json")]) == 0
+    tuned = json.loads((tmp_path / "tuned.json").read_text())[0]
+    assert tuned["caption"] == "red. blue"
+    assert main(detect + ["-p", "red. blue", "--json", str(tmp_path / "same.json")]) == 0
+    assert json.loads((tmp_path / "same.json").read_text()) == [tuned]
+    assert main(detect[:-5] + ["-p", "red. blue", "--box-threshold", "0", "-q", "--json", str(tmp_path / "plain.json")]) == 0
+    plain = json.loads((tmp_path / "plain.json").read_text())[0]
+    assert plain["detections"] != tuned["detections"], "the adapter changed nothing"
+    assert main(detect + ["-p", "blue. red"]) == 2
+    assert "tuned for the prompt 'red. blue'" in capsys.readouterr().err

@@ -57,6 +57,11 @@ def test_rbc_roboflow_placeholder_ids_from_zero_and_float_boxes(shared_dir):
     for split in ("valid", "test"):
         data = _load_real(shared_dir, "rbc_roboflow", split)
         assert data.classes == ["rbc", "wbc"] and data.stats.placeholder_categories == ["RBC-WBC"]
+    # the rare class (about 4% of the boxes) is in every 1-shot subset
+    labels = [r.labels for r in train.images]
+    for seed in (3, 30, 300):
+        chosen = few_shot_indices(labels, 1, seed)
+        assert any((labels[i] == 1).any() for i in chosen) and any((labels[i] == 0).any() for i in chosen)
 
 
 def test_raccoon_grayscale_images_become_three_channels(shared_dir):
@@ -68,7 +73,10 @@ def test_raccoon_grayscale_images_become_three_channels(shared_dir):
     tensor, boxes, (h, w) = transform(load_image(record.path), torch.from_numpy(record.boxes), random.Random(0))
     assert tensor.shape == (3, h, w) and boxes.shape == (record.num_boxes, 4)
     # widely varying sizes (up to 2000 px wide) all respect the long-side cap
-    assert max(r.width for r in train.images) == 2000
+    widest = max(train.images, key=lambda r: r.width)
+    assert widest.width == 2000
+    tensor, _, (h, w) = transform(load_image(widest.path), torch.from_numpy(widest.boxes), random.Random(0))
+    assert max(h, w) <= 160
 
 
 def test_chess_duplicate_boxes_are_kept(shared_dir):
@@ -79,6 +87,15 @@ def test_chess_duplicate_boxes_are_kept(shared_dir):
     target = np.array([68, 10, 68 + 29 - 1, 10 + 53 - 1], dtype=np.float32)
     same = [(b == target).all() and lab == rook for b, lab in zip(record.boxes, record.labels)]
     assert sum(same) == 2
+    # the many small boxes are all kept (651 of 2108 under 32x32)
+    areas = np.concatenate([(r.boxes[:, 2] - r.boxes[:, 0] + 1) * (r.boxes[:, 3] - r.boxes[:, 1] + 1)
+                            for r in train.images])
+    assert int((areas < 32 * 32).sum()) == 651
+    # hyphenated names stay verbatim in the caption, each grounded to its own tokens
+    prompt = build_training_prompt(train.classes, 256)
+    assert prompt.caption.startswith("white-king. white-queen. ")
+    spans = [prompt.class_maps[c].nonzero().flatten().tolist() for c in range(12)]
+    assert all(spans) and len({tuple(t) for t in spans}) == 12
 
 
 def test_pothole_zero_width_box_dropped_and_difficult_key_ignored(shared_dir):
@@ -97,6 +114,16 @@ def test_bccd_zero_area_boxes_dropped_in_train_and_valid(shared_dir):
     train = _load_real(shared_dir, "bccd")
     valid = _load_real(shared_dir, "bccd", "valid")
     assert train.classes == ["RBC", "WBC", "Platelets"]
+    assert build_training_prompt(train.classes, 256).caption == "RBC. WBC. Platelets"
+    # dense scenes (up to 30 heavily overlapping boxes): every non-degenerate box is kept
+    for data in (train, valid):
+        raw = json.loads(data.ann_path.read_text())
+        per_image = {}
+        for a in raw["annotations"]:
+            if a["bbox"][2] > 0 and a["bbox"][3] > 0:
+                per_image[a["image_id"]] = per_image.get(a["image_id"], 0) + 1
+        assert {r.image_id: r.num_boxes for r in data.images if r.num_boxes} == per_image
+    assert max(r.num_boxes for r in train.images + valid.images) == 30
     assert (train.stats.degenerate, train.stats.boxes) == (1, 2804)
     assert (valid.stats.degenerate, valid.stats.boxes) == (1, 1137)
     # the evaluation ground truth holds the same cleaned boxes
@@ -198,7 +225,8 @@ def test_images_without_annotations_and_crowd(tmp_path):
     (lambda d: "{not json", "not valid JSON"),
     (lambda d: json.dumps({k: v for k, v in d.items() if k != "annotations"}), "no 'annotations' list"),
     (lambda d: json.dumps({**d, "categories": []}), "no categories"),
-    (lambda d: json.dumps({**d, "annotations": [{**d["annotations"][0], "category_id": 77}]}), "unknown category id 77"),
+    (lambda d: json.dumps({**d, "annotations": [{**d["annotations"][0], "category_id": 77}]}),
+     "unknown category id 77"),
     (lambda d: json.dumps({**d, "annotations": [{**d["annotations"][0], "image_id": 5}]}), "unknown image id 5"),
     (lambda d: json.dumps({**d, "annotations": [{k: v for k, v in d["annotations"][0].items() if k != "bbox"}]}),
      "has no 'bbox'"),
@@ -247,7 +275,8 @@ def _random_labels(num_images: int, num_classes: int, seed: int) -> list[np.ndar
     for _ in range(num_images):
         n = int(rng.integers(0, 6))
         # skewed class frequencies: class 0 common, the last class rare
-        out.append(rng.choice(num_classes, size=n, p=np.linspace(2, 0.2, num_classes) / np.linspace(2, 0.2, num_classes).sum()))
+        weights = np.linspace(2, 0.2, num_classes)
+        out.append(rng.choice(num_classes, size=n, p=weights / weights.sum()))
     return out
 
 

@@ -26,8 +26,8 @@ def tiny_config(golden_dir: Path, min_size: int = 128, max_size: int = 160, head
 
 
 def draw_image(path: Path, size: tuple[int, int], boxes: list[tuple[str, tuple[float, float, float, float]]],
-               mode: str = "RGB", background: tuple[int, int, int] = (128, 128, 128), exif_orientation: int | None = None
-               ) -> None:
+               mode: str = "RGB", background: tuple[int, int, int] = (128, 128, 128),
+               exif_orientation: int | None = None) -> None:
     """An image of `size` (w, h) with filled rectangles [x, y, w, h] of the named colours."""
     image = Image.new("RGB", size, background)
     draw = ImageDraw.Draw(image)

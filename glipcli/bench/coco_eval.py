@@ -75,6 +75,18 @@ def load_ground_truth(source: str | Path | Mapping) -> dict:
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
                                                                                        "categories")):
         raise GlipError(f"{where}: not a COCO ground truth (needs 'images', 'annotations' and 'categories' lists)")
+    for section in ("images", "categories", "annotations"):
+        for i, entry in enumerate(data[section]):
+            if not isinstance(entry, dict):
+                raise GlipError(f"{where}: {section}[{i}] is not an object")
+            if ("id" in entry or section != "annotations") and not _is_id(entry.get("id")):
+                raise GlipError(f"{where}: {section}[{i}] needs an 'id' (a number or string)")
+            if section == "categories" and not isinstance(entry.get("name"), str):
+                raise GlipError(f"{where}: category {entry['id']!r} has no name")
+            if section == "annotations":
+                for key in ("image_id", "category_id"):
+                    if not _is_id(entry.get(key)):
+                        raise GlipError(f"{where}: annotations[{i}] needs an {key!r} (a number or string)")
     try:
         image_ids = {im["id"] for im in data["images"]}
         category_ids = {c["id"] for c in data["categories"]}
@@ -93,6 +105,10 @@ def load_ground_truth(source: str | Path | Mapping) -> dict:
     if len({a["id"] for a in data["annotations"]}) != len(data["annotations"]):
         raise GlipError(f"{where}: annotation ids are not unique")
     return data
+
+
+def _is_id(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or isinstance(value, str)
 
 
 def check_detections(detections: Sequence[Mapping], image_ids: set, where: str = "detections") -> list[dict]:

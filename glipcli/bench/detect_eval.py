@@ -66,6 +66,15 @@ def image_paths(images: Sequence[Mapping], img_dir: Path, where: str,
     return paths
 
 
+def require_evaluable(ground_truth: Mapping, where: str) -> None:
+    """A ground truth detections can be scored against: at least one image and one box that is
+    not a crowd region (else every AP would be undefined, -1)."""
+    if not ground_truth["images"]:
+        raise GlipError(f"{where}: no images to evaluate (the split is empty)")
+    if not any(not a.get("iscrowd") for a in ground_truth["annotations"]):
+        raise GlipError(f"{where}: no annotations (boxes) at all: nothing to score detections against")
+
+
 # -- classes -> categories ------------------------------------------------------------------------------
 def real_categories(ground_truth: Mapping) -> list[dict]:
     """The ground truth's categories that can be targets, in id order: not Roboflow's placeholder and
@@ -128,15 +137,24 @@ def map_classes(spec: PromptSpec, ground_truth: Mapping, where: str = "ground tr
     return CategoryMap(ids, notes, uncovered)
 
 
-def dataset_prompt_spec(ground_truth: Mapping, prompt_file: Path | None = None) -> PromptSpec:
+def dataset_prompt_spec(ground_truth: Mapping, prompt_file: Path | None = None,
+                        where: str = "the ground truth") -> PromptSpec:
     """The prompt file's spec, else the ground truth's real category names (id order), grounded as
-    the official evaluation grounds them (`_` -> space, parentheses removed)."""
+    the official evaluation grounds them (`_` -> space, parentheses removed). Two categories of
+    the same name cannot both be prompt classes: an error naming them (and `where`)."""
     if prompt_file is not None:
         return PromptSpec.from_yaml(prompt_file)
-    names = [str(c["name"]) for c in real_categories(ground_truth)]
-    if not names:
-        raise GlipError("the ground truth has no categories to detect")
-    return PromptSpec.from_names(names, clean_names=True)
+    cats = real_categories(ground_truth)
+    if not cats:
+        raise GlipError(f"{where}: no categories to detect")
+    first: dict[str, Any] = {}
+    for c in cats:
+        name = str(c["name"])
+        if name in first:
+            raise GlipError(f"{where}: categories {first[name]} and {c['id']} are both named {name!r}; "
+                            "class names must be unique (merge or rename them, or pass a prompt file)")
+        first[name] = c["id"]
+    return PromptSpec.from_names(list(first), clean_names=True)
 
 
 def relabel_spec(spec: PromptSpec, names: Sequence[str]) -> PromptSpec:
@@ -194,6 +212,7 @@ def evaluate_split(predictor, split: SplitFiles, spec: PromptSpec, *, batch_size
     start = time.perf_counter()
     where = str(split.ann_file)
     ground_truth = load_ground_truth(split.ann_file)
+    require_evaluable(ground_truth, where)
     mapping = map_classes(spec, ground_truth, where)
     images = ground_truth["images"]
     paths = image_paths(images, split.img_dir, where)

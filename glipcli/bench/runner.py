@@ -210,7 +210,7 @@ class _Runner:
     def zero_shot(self, key: CellKey, d: BenchDataset) -> CellResult:
         from glipcli.bench.coco_eval import load_ground_truth
 
-        spec = dataset_prompt_spec(load_ground_truth(d.eval.ann_file), d.prompt_file)
+        spec = dataset_prompt_spec(load_ground_truth(d.eval.ann_file), d.prompt_file, str(d.eval.ann_file))
         metrics, info = evaluate(self.predictor(), d, d.eval_split, spec, self, _label(key))
         _add_dataset_info(info, d, d.eval_split)
         return CellResult(key, metrics.ap, metrics.ap50, dict(metrics.metrics), info)
@@ -234,7 +234,8 @@ class _Runner:
         val = load_coco(d.splits[val_name].ann_file, d.splits[val_name].img_dir, "valid", reference=train)
         eval_split = "test" if "test" in d.splits else d.eval_split
 
-        base_spec = dataset_prompt_spec(json.loads(Path(train.ann_path).read_text(encoding="utf-8")), d.prompt_file)
+        base_spec = dataset_prompt_spec(json.loads(Path(train.ann_path).read_text(encoding="utf-8")), d.prompt_file,
+                                        str(train.ann_path))
         train_gt = {"categories": [{"id": i, "name": n} for i, n in zip(train.category_ids, train.classes)],
                     "annotations": []}
         mapping = map_classes(base_spec, train_gt, str(train.ann_path))

@@ -38,7 +38,8 @@ from typing import Any
 
 from glipcli.bench import paper
 from glipcli.bench.coco_eval import coco_box_ap, load_ground_truth
-from glipcli.bench.detect_eval import dataset_prompt_spec, detection_results, image_paths, map_classes
+from glipcli.bench.detect_eval import (dataset_prompt_spec, detection_results, image_paths, map_classes,
+                                       require_evaluable)
 from glipcli.bench.model import BenchModel, default_output
 from glipcli.bench.paper import PaperValue
 from glipcli.errors import GlipError
@@ -293,7 +294,8 @@ def run_coco(data_root: str | Path | None = None, *, ann_file: str | Path | None
     session = _Session(model, console, progress)
     ann, img_dir = find_coco(data_root, ann_file, images)
     gt = load_ground_truth(ann)
-    spec = dataset_prompt_spec(gt)
+    require_evaluable(gt, str(ann))
+    spec = dataset_prompt_spec(gt, where=str(ann))
     mapping = map_classes(spec, gt, str(ann))
     all_images = gt["images"]
     chosen = _limit(all_images, max_images)

@@ -97,6 +97,11 @@ class RunOutcome:
     failures: list[Any]
     seconds: float
 
+    @property
+    def nothing_read(self) -> bool:
+        """Every input was unreadable: no output file is written (it would hold nothing)."""
+        return not self.results and bool(self.failures)
+
 
 def run_images(items: Iterator, total: int, quiet: bool,
                on_result: Callable[[Any, Any], None] | None = None) -> RunOutcome:
@@ -137,5 +142,7 @@ def finish(outcome: RunOutcome, total: int) -> None:
         return
     if total == 1:
         raise GlipError(outcome.failures[0].error)
+    if outcome.nothing_read:
+        raise GlipError(f"none of the {total} images could be read (listed above); nothing was written")
     raise GlipError(f"{len(outcome.failures)} of {total} images could not be read (listed above); "
                     f"the outputs hold the other {total - len(outcome.failures)}")

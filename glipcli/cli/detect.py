@@ -45,12 +45,26 @@ def detect(
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
     max_rows: Annotated[int, typer.Option(help="Detections shown per image on the terminal.")] = 10,
+    adapter: Annotated[Optional[Path], typer.Option(
+        help="A prompt-tuning adapter from `glip prompt-tune`; its tuned prompt is used when no "
+             "prompt is given, and any other prompt is refused.")] = None,
 ) -> None:
     """Detect the prompt's classes in each image."""
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
 
-    spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
+    tuned = None
+    if adapter is not None:
+        from glipcli.engine.prompt_tuning import load_adapter
+        from glipcli.prompts.prompt_file import PromptSpec
+
+        tuned = load_adapter(adapter)
+        if prompt is None and classes_file is None and prompt_file is None:
+            spec = PromptSpec.from_yaml_text(tuned.prompt_yaml)
+        else:
+            spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
+    else:
+        spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
     sources = expand_image_args(images)
     if (coco_results is None) != (coco_gt is None):
         raise GlipError("--coco-results and --coco-gt go together: the ground truth gives the ids")
@@ -67,6 +81,9 @@ def detect(
     predictor = load_predictor(model, weights, config, device, dtype)
     from glipcli.chunked import iter_detect_with_spec
 
+    if tuned is not None:
+        _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
+
     # One caption, or several for a long class list; a plain class list gives exactly the
     # detections of `GLIPPredictor.iter_predict`.
     items = iter_detect_with_spec(predictor, sources, spec, box_threshold=box_threshold, chunk_size=chunk_size,
@@ -75,13 +92,26 @@ def detect(
 
     if not quiet:
         _print_results(outcome.results, max_rows)
-    if json_out is not None:
+    if json_out is not None and not outcome.nothing_read:
         outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
-    if coco_index is not None and coco_results is not None:
+    if coco_index is not None and coco_results is not None and not outcome.nothing_read:
         from glipcli.coco import coco_results as to_coco
 
         outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
     finish(outcome, len(sources))
+
+
+def _apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
+    """Check that the adapter fits the model and the prompt (one caption, the tuned one), then
+    attach it to the model's text encoder."""
+    from glipcli.prompts.chunking import plan_chunks
+
+    tuned.check_model(predictor.model, source=source)
+    plan = plan_chunks(spec, max_tokens=predictor.cfg.language.max_query_len, chunk_size=chunk_size)
+    if len(plan.chunks) != 1:
+        raise GlipError(f"{source} belongs to one caption; this prompt needs {len(plan.chunks)} captions")
+    tuned.check_prompt(plan.chunks[0].prompt, source=source)
+    tuned.attach(predictor.model, source=source)
 
 
 def _vis_writer(outputs: OutputFiles):

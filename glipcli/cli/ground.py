@@ -61,7 +61,7 @@ def ground(
     if not quiet:
         for result in outcome.results:
             _print_result(result)
-    if json_out is not None:
+    if json_out is not None and not outcome.nothing_read:
         outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
     finish(outcome, len(sources))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -19,7 +20,13 @@ from glipcli.errors import GlipError
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors become one line on stderr and exit status 2."""
+    """Console entry point: user errors become one line on stderr and exit status 2.
+
+    An operating-system error that escaped the commands' own checks (a disk filling up while a
+    log line is appended, a permission change mid-run) is reported the same way, naming the file.
+    PIL's warnings about odd images it still decodes (a corrupt EXIF block, a very large image
+    under the decompression-bomb limit) are not shown: glip handles those images as documented."""
+    warnings.filterwarnings("ignore", module=r"PIL(\.|$)")
     try:
         # Typer turns a Ctrl-C into exit code 130, returned (not raised) in non-standalone mode.
         code = app(args=argv, standalone_mode=False)
@@ -37,7 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stderr.print("interrupted", highlight=False)
         return 130
+    except OSError as exc:
+        stderr.print(f"error: {os_error_message(exc)}", highlight=False, markup=False, soft_wrap=True)
+        return 2
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an OSError: the file, then the reason ("no space left on device", ...)."""
+    from glipcli.io import os_reason
+
+    return f"{exc.filename}: {os_reason(exc)}" if exc.filename is not None else os_reason(exc)
 
 
 def run() -> None:

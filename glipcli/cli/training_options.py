@@ -37,7 +37,8 @@ PromptFile = Annotated[Optional[Path], typer.Option(
 ModelName = Annotated[Optional[str], typer.Option(
     "--model", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l) or a checkpoint path.",
     rich_help_panel=MODEL)]
-ConfigFile = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml).", rich_help_panel=MODEL)]
+ConfigFile = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml).",
+                                                    rich_help_panel=MODEL)]
 Weights = Annotated[Optional[Path], typer.Option(help="Starting weights: official .pth or glip .safetensors.",
                                                  rich_help_panel=MODEL)]
 
@@ -54,7 +55,7 @@ Epochs = Annotated[Optional[int], typer.Option(
 Copies = Annotated[Optional[int], typer.Option(
     help="Passes over the training images per epoch (official: 8/4/2/1 for 1/3/5/10 shots, 1 for all).",
     rich_help_panel=SCHEDULE)]
-BatchSize = Annotated[Optional[int], typer.Option(help="Images per step (per process). (default: 4)",
+BatchSize = Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 4)",
                                                   rich_help_panel=SCHEDULE)]
 WeightDecay = Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel=SCHEDULE)]
 LrPatience = Annotated[Optional[int], typer.Option(

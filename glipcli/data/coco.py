@@ -17,8 +17,9 @@ Conventions (those of the official GLIP / maskrcnn_benchmark training code):
   categories in the JSON. Roboflow's placeholder category (id 0, named after the dataset, the
   supercategory of the real classes, used by no annotation) is not a class.
 
-Every problem with the file itself (unreadable or malformed JSON, missing keys, unknown image or
-category ids, missing image files) is a one-line `GlipError`.
+Every problem with the file itself (unreadable or malformed JSON, missing keys, ids that are not
+numbers or strings, unknown image or category ids, two classes with the same name, missing image
+files, no images, not a single usable box in the split) is a one-line `GlipError` naming the file.
 """
 
 from __future__ import annotations
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 ROBOFLOW_ANNOTATION_FILE = "_annotations.coco.json"
-_EXIF_ORIENTATION = 0x0112
-_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -94,9 +93,11 @@ class DataStats:
         if self.crowd:
             parts.append(f"{self.crowd} crowd region{'s' if self.crowd != 1 else ''} (evaluation only)")
         if self.images_without_boxes:
-            parts.append(f"{self.images_without_boxes} image{'s' if self.images_without_boxes != 1 else ''} without boxes")
+            n = self.images_without_boxes
+            parts.append(f"{n} image{'s' if n != 1 else ''} without boxes")
         if self.size_mismatch:
-            parts.append(f"{self.size_mismatch} image size{'s' if self.size_mismatch != 1 else ''} differ from the JSON")
+            n = self.size_mismatch
+            parts.append(f"{n} image size{'s' if n != 1 else ''} differ from the JSON")
         if self.placeholder_categories:
             parts.append("ignored placeholder categor" + ("y " if len(self.placeholder_categories) == 1 else "ies ")
                          + ", ".join(repr(n) for n in self.placeholder_categories))
@@ -249,24 +250,29 @@ def placeholder_category_ids(categories: Sequence[dict], used: set) -> set:
     for cat in categories:
         if cat["id"] in used:
             continue
-        others = {c.get("supercategory") for c in categories if c is not cat}
+        others = {c.get("supercategory") for c in categories
+                  if c is not cat and isinstance(c.get("supercategory"), str)}
         if cat["name"] in others or (cat["id"] == 0 and cat.get("supercategory") == "none"):
             found.add(cat["id"])
     return found
 
 
 def _displayed_size(path: Path) -> tuple[int, int]:
-    """(width, height) as shown, i.e. after the EXIF orientation; reads the header only."""
+    """(width, height) as shown, i.e. after the EXIF orientation; reads the header only. The
+    orientation is read exactly as `load_image` reads it (invalid or broken EXIF: none)."""
+    from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation
+
     try:
         with Image.open(path) as image:
             width, height = image.size
-            try:
-                orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
-            except Exception:  # a broken EXIF block: load_image ignores it as well
-                orientation = 1
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            orientation = exif_orientation(image)
+    except Image.DecompressionBombError as exc:
+        from glipcli.data.transforms import decompression_bomb_message
+
+        raise GlipError(decompression_bomb_message(path, exc)) from None
+    except Exception as exc:  # PIL raises many types for corrupt files
         raise GlipError(f"{path}: not a readable image ({str(exc).strip() or type(exc).__name__})") from None
-    if orientation in _TRANSPOSING_ORIENTATIONS:
+    if orientation in TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height
 
@@ -329,9 +335,14 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
         if not isinstance(ann, dict):
             raise GlipError(f"{ann_path}: annotations[{i}] is not an object")
         ident = ann.get("id", f"#{i}")
+        if not _is_id(ident):
+            raise GlipError(f"{ann_path}: annotations[{i}] has an 'id' that is not a number or string")
         for key in ("image_id", "category_id", "bbox"):
             if key not in ann:
                 raise GlipError(f"{ann_path}: annotation {ident} has no {key!r}")
+            if key != "bbox" and not _is_id(ann[key]):
+                raise GlipError(f"{ann_path}: annotation {ident}: {key} must be a number or string, "
+                                f"got {type(ann[key]).__name__}")
         if ann["image_id"] not in images:
             raise GlipError(f"{ann_path}: annotation {ident} refers to unknown image id {ann['image_id']!r}")
         if ann["category_id"] not in cat_by_id:
@@ -345,6 +356,13 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
         kept = [c for c in categories if c["id"] not in placeholders]
         if not kept:
             raise GlipError(f"{ann_path}: no categories besides the placeholder")
+        named: dict[str, Any] = {}
+        for cat in kept:
+            if cat["name"] in named:
+                raise GlipError(f"{ann_path}: categories {named[cat['name']]} and {cat['id']} are both named "
+                                f"{cat['name']!r}; a class name is its prompt, so names must be unique "
+                                "(merge or rename them)")
+            named[cat["name"]] = cat["id"]
         classes = [c["name"] for c in kept]
         category_ids = [c["id"] for c in kept]
     else:
@@ -421,8 +439,14 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
         raise GlipError(f"{ann_path}: {len(missing)} image file{'s' if len(missing) != 1 else ''} missing from "
                         f"{image_dir} (e.g. {missing[0]!r})")
     if not records:
-        raise GlipError(f"{ann_path}: no images")
+        raise GlipError(f"{ann_path}: no images (the {split} split is empty)")
     stats.images = len(records)
+    if stats.boxes == 0:
+        detail = (f"{stats.annotations} annotations, none usable: {stats.degenerate} without area, "
+                  f"{stats.crowd} crowd" if stats.annotations else "no annotations at all")
+        purpose = "to train on" if split == "train" else "to evaluate against"
+        raise GlipError(f"{ann_path}: no boxes {purpose} in the {len(records)} images of the {split} split "
+                        f"({detail})")
     return CocoDetectionData(split=split, ann_path=ann_path, image_dir=image_dir, classes=classes,
                              category_ids=category_ids, images=records, stats=stats)
 

@@ -81,7 +81,7 @@ def apply_exif_orientation(image: Image.Image) -> Image.Image:
     return image if transpose is None else image.transpose(transpose)
 
 
-def _bomb_message(file: Path, exc: Exception) -> str:
+def decompression_bomb_message(file: Path, exc: Exception) -> str:
     """PIL's decompression-bomb refusal as a message saying what to do."""
     limit = Image.MAX_IMAGE_PIXELS
     found = re.search(r"\((\d+) pixels\)", str(exc))
@@ -113,7 +113,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     except GlipError:
         raise
     except Image.DecompressionBombError as exc:
-        raise GlipError(_bomb_message(file, exc)) from None
+        raise GlipError(decompression_bomb_message(file, exc)) from None
     except UnidentifiedImageError:
         raise GlipError(f"{file}: not a readable image (not an image format glip can read)") from None
     except MemoryError:

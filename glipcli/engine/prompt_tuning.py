@@ -219,7 +219,8 @@ def load_adapter(path: str | Path) -> PromptAdapter:
     try:
         phrases = [Phrase(str(t), int(s), int(e)) for t, s, e in json.loads(metadata["phrases"])]
         return PromptAdapter(
-            offset=offset.float(), caption=metadata["caption"], input_ids=[int(i) for i in json.loads(metadata["input_ids"])],
+            offset=offset.float(), caption=metadata["caption"],
+            input_ids=[int(i) for i in json.loads(metadata["input_ids"])],
             phrases=phrases, class_names=[str(n) for n in json.loads(metadata["class_names"])],
             base=dict(json.loads(metadata["base_model"])), prompt_yaml=metadata.get("prompt_yaml", ""),
             extra=dict(json.loads(metadata.get("extra", "{}"))))

@@ -61,7 +61,8 @@ class TrainConfig:
         if self.task not in TASKS:
             raise GlipError(f"unknown training task {self.task!r}; choose one of {', '.join(TASKS)}")
         if self.mixed_precision not in MIXED_PRECISION:
-            raise GlipError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
+            raise GlipError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)} "
+                            f"(got {self.mixed_precision!r})")
         for name in ("shots", "seed", "batch_size", "epochs", "copies", "val_shots", "lr_patience",
                      "stop_patience", "freeze_swin_stages", "eval_batch_size", "num_workers"):
             value = getattr(self, name)

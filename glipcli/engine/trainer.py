@@ -29,9 +29,9 @@ checkpoint gives, on the same hardware and software, the weights of an uninterru
 Ctrl-C in a single-process run saves a checkpoint at the current step first.
 
 accelerate places the model, runs mixed precision (`mixed_precision` "bf16" / "fp16") and
-multi-GPU data parallelism (`accelerate launch -m glipcli.cli.main finetune ...`): each process
-takes its slice of every global batch of `batch_size * processes` images; the main process
-evaluates, logs and writes files.
+multi-GPU data parallelism (`accelerate launch -m glipcli.cli.main finetune ...`): `batch_size` is
+the images per step over all processes (the official `SOLVER.IMS_PER_BATCH`), each process takes
+its equal slice; the main process evaluates, logs and writes files.
 """
 
 from __future__ import annotations
@@ -221,8 +221,11 @@ class Trainer:
         self.module, self.optimizer = acc.prepare(self.module, optimizer)
         reduce_mean = (lambda t: acc.reduce(t, "mean")) if acc.num_processes > 1 else None
         self.loss_fn = GLIPLoss(model_cfg, reduce_mean=reduce_mean)
-        self.batches = EpochBatches.of(self.train_indices, cfg.copies, cfg.batch_size, cfg.seed,
-                                       acc.num_processes, acc.process_index)
+        if cfg.batch_size % acc.num_processes:
+            raise GlipError(f"--batch-size {cfg.batch_size} (images per step over all processes) is not divisible "
+                            f"by the {acc.num_processes} processes")
+        self.batches = EpochBatches.of(self.train_indices, cfg.copies, cfg.batch_size // acc.num_processes,
+                                       cfg.seed, acc.num_processes, acc.process_index)
         transform = (TrainTransform.official(model_cfg.input) if cfg.augment else
                      TrainTransform(model_cfg.input, (model_cfg.input.min_size,), model_cfg.input.max_size, 0.0))
         self.dataset = TrainDataset(train, transform, cfg.seed)
@@ -256,7 +259,8 @@ class Trainer:
             "classes": train.classes,
             "caption": self.prompt.caption,
             "prompt_yaml": self.prompt.spec.to_yaml(),
-            "data": {"train": split_info(train), "valid": split_info(self.data.val), "test": split_info(self.data.test)},
+            "data": {"train": split_info(train), "valid": split_info(self.data.val),
+                     "test": split_info(self.data.test)},
             "train_images": [train.images[i].file_name for i in self.train_indices],
             "val_images": None if self.val_indices is None or self.data.val is None
             else [self.data.val.images[i].file_name for i in self.val_indices],
@@ -549,7 +553,8 @@ class Trainer:
                 self._save_best()
             self._log("eval", split="valid", epoch=epoch + 1, best=is_best, lr_reduced=reduced, **result.metrics)
             self._say(f"epoch {epoch + 1}: val AP {result.metrics['AP']:.4f} AP50 {result.metrics['AP50']:.4f}"
-                      + (" (best)" if is_best else f" (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
+                      + (" (best)" if is_best
+                         else f" (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
                       + (f"; lr reduced to {self.optimizer.param_groups[0]['lr']:.2e}" if reduced else ""))
             if self.stopper.should_stop:
                 self.state.stopped_early = True
