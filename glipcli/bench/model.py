@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from glipcli.errors import GlipError
-from glipcli.hub import HUB_CHECKPOINTS, is_preset
+from glipcli.hub import HUB_CHECKPOINTS, is_packaged, is_preset
 
 DEFAULT_PRESET = "glip-t"
 
@@ -43,7 +43,7 @@ class BenchModel:
     def preset(self) -> str | None:
         """The preset named by `model` (or the default one when nothing is given)."""
         if self.model is not None:
-            return self.model.lower() if is_preset(self.model) else None
+            return self.model.lower() if is_preset(self.model) or is_packaged(self.model) else None
         return DEFAULT_PRESET if self.weights is None and self.glip is None else None
 
     @property
@@ -82,7 +82,8 @@ class BenchModel:
         def resolved(p):
             return None if p is None else str(Path(p).expanduser().resolve())
 
-        model = self.model if self.model is None or is_preset(self.model) else resolved(self.model)
+        model = (self.model if self.model is None or is_preset(self.model) or is_packaged(self.model)
+                 else resolved(self.model))
         return {"model": self.label if self.glip is not None else model, "weights": resolved(self.weights),
                 "config": resolved(self.config), "dtype": self.dtype}
 

@@ -15,6 +15,7 @@ from glipcli.cli import ground  # noqa: F401  (registers `glip ground`)
 from glipcli.cli import prompt  # noqa: F401  (registers `glip prompt`)
 from glipcli.cli import synth  # noqa: F401  (registers `glip synth-data`)
 from glipcli.cli import prompt_tune  # noqa: F401  (registers `glip prompt-tune`)
+from glipcli.cli import pretrain  # noqa: F401  (registers `glip pretrain`)
 from glipcli.cli.app import app, stderr
 from glipcli.errors import GlipError
 

@@ -260,18 +260,14 @@ def placeholder_category_ids(categories: Sequence[dict], used: set) -> set:
 def _displayed_size(path: Path) -> tuple[int, int]:
     """(width, height) as shown, i.e. after the EXIF orientation; reads the header only. The
     orientation is read exactly as `load_image` reads it (invalid or broken EXIF: none)."""
-    from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation
+    from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
 
     try:
         with Image.open(path) as image:
             width, height = image.size
             orientation = exif_orientation(image)
-    except Image.DecompressionBombError as exc:
-        from glipcli.data.transforms import decompression_bomb_message
-
-        raise GlipError(decompression_bomb_message(path, exc)) from None
     except Exception as exc:  # PIL raises many types for corrupt files
-        raise GlipError(f"{path}: not a readable image ({str(exc).strip() or type(exc).__name__})") from None
+        raise GlipError(unreadable_image_message(path, exc)) from None
     if orientation in TRANSPOSING_ORIENTATIONS:
         return height, width
     return width, height

@@ -112,15 +112,21 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
             return opened.copy() if image is opened else image  # closing `opened` frees its pixels
     except GlipError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise GlipError(decompression_bomb_message(file, exc)) from None
-    except UnidentifiedImageError:
-        raise GlipError(f"{file}: not a readable image (not an image format glip can read)") from None
-    except MemoryError:
-        raise GlipError(f"{file}: not enough memory to decode this image") from None
     except Exception as exc:  # corrupt data makes PIL's decoders raise many types, not only OSError
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GlipError(f"{file}: not a readable image ({reason[:200]})") from None
+        raise GlipError(unreadable_image_message(file, exc)) from None
+
+
+def unreadable_image_message(file: Path, exc: BaseException) -> str:
+    """The one-line message for an image PIL could not open or decode."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return decompression_bomb_message(file, exc)
+    if isinstance(exc, UnidentifiedImageError):
+        empty = file.is_file() and file.stat().st_size == 0
+        return f"{file}: not a readable image ({'empty file, 0 bytes' if empty else 'not an image format glip can read'})"
+    if isinstance(exc, MemoryError):
+        return f"{file}: not enough memory to decode this image"
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return f"{file}: not a readable image ({reason[:200]})"
 
 
 def resized_size(

@@ -71,7 +71,7 @@ class BiMultiHeadAttention(nn.Module):
             # In float32 (the official code adds a float32 mask): -9e15 overflows float16 under
             # autocast. A no-op for float32 logits.
             logits = logits.float().masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
-        probs_v = logits.softmax(dim=-1)
+        probs_v = logits.softmax(dim=-1).to(probs_l.dtype)
         probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
         probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
         return probs_v, probs_l

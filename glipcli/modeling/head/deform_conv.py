@@ -23,6 +23,7 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     mask: [B, 9, h, w]; weight: [Cout, Cin, 3, 3]; padding 1. Returns [B, Cout, h, w]."""
     b, cin, height, width = x.shape
     h, w = offset.shape[-2:]
+    offset = offset.float()  # pixel coordinates need float32 even when the model runs in 16 bits
     dtype, device = offset.dtype, offset.device
     tap_dy = torch.tensor(_TAP_DY, dtype=dtype, device=device).view(1, 9, 1, 1)
     tap_dx = torch.tensor(_TAP_DX, dtype=dtype, device=device).view(1, 9, 1, 1)
@@ -34,18 +35,21 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     # align_corners=True this also maps positions correctly when a side has a single pixel.
     gx = (2.0 * xx + 1.0) / width - 1.0
     gy = (2.0 * y + 1.0) / height - 1.0
-    grid = torch.stack((gx, gy), dim=-1).permute(0, 2, 3, 1, 4).reshape(b, h * w, 9, 2).to(x.dtype)
-    taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).to(x.dtype)
+    # Sampling runs in float32 (torch's reduced-precision grid_sample CPU kernels are far slower,
+    # and coordinates need the precision); the matrix product runs in the weights' dtype.
+    grid = torch.stack((gx, gy), dim=-1).permute(0, 2, 3, 1, 4).reshape(b, h * w, 9, 2).float()
+    taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).float()
+    source = x.float()
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin).t()  # (tap, channel) rows
     slices = []
     # Positions are processed in slices so the [positions, 9, Cin] sample matrix stays small
     # (at P3 of an 800x1333 image it would otherwise be several hundred MB).
     for begin in range(0, h * w, _POSITIONS_PER_SLICE):
         end = min(begin + _POSITIONS_PER_SLICE, h * w)
-        samples = F.grid_sample(x, grid[:, begin:end], mode="bilinear", padding_mode="zeros",
+        samples = F.grid_sample(source, grid[:, begin:end], mode="bilinear", padding_mode="zeros",
                                 align_corners=False)  # [B, Cin, n, 9]
         columns = (samples.permute(0, 2, 3, 1) * taps_mask[:, begin:end]).reshape(b, end - begin, 9 * cin)
-        slices.append(columns @ kernel)
+        slices.append(columns.to(kernel.dtype) @ kernel)
     out = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)  # [B, h*w, Cout]
     if bias is not None:
         out = out + bias

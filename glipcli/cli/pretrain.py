@@ -1,0 +1,183 @@
+"""`glip pretrain`: pre-train a GLIP (default: the nano preset) on detection + grounding data."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from glipcli.cli.app import app, stderr
+from glipcli.errors import GlipError
+
+DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
+
+
+@app.command()
+def pretrain(
+    output: Annotated[Path, typer.Option(help="Run folder: run.json, log.jsonl, checkpoints/, model.safetensors.",
+                                         rich_help_panel=RUN)],
+    data: Annotated[Optional[Path], typer.Option(
+        help="A `glip synth-data` folder (train/_annotations.coco.json + train/_grounding.coco.json) or any COCO "
+             "detection layout. Default: the synthetic world is rendered on the fly from --seed.",
+        rich_help_panel=DATA)] = None,
+    world_images: Annotated[Optional[int], typer.Option(
+        help="Without --data: scenes in the world's pre-training stream (an epoch). (default: 100000)",
+        rich_help_panel=DATA)] = None,
+    preset: Annotated[Optional[str], typer.Option(
+        help="Architecture to pre-train from scratch, with the packaged all-MiniLM-L6-v2 text encoder. "
+             "(default: nano)", rich_help_panel=MODEL)] = None,
+    init: Annotated[Optional[Path], typer.Option(
+        help="Start from these weights instead (a glip .safetensors: its architecture comes with it).",
+        rich_help_panel=MODEL)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the initialisation, the world, the sample order and "
+                                                     "every augmentation. (default: 0)", rich_help_panel=RUN)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.", rich_help_panel=LENGTH)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data.", rich_help_panel=LENGTH)] = None,
+    minutes: Annotated[Optional[float], typer.Option(
+        help="Wall-clock budget: the run stops cleanly before it and saves. Alone, the schedule's length is set "
+             "from the step time measured over the first steps.", rich_help_panel=LENGTH)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 8)",
+                                                      rich_help_panel=RECIPE)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate. (default: 4e-4)",
+                                                rich_help_panel=RECIPE)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. (default: 0.05)",
+                                                          rich_help_panel=RECIPE)] = None,
+    schedule: Annotated[Optional[str], typer.Option(
+        help="cosine (to 1% of the peak) or step (x0.1 at 67% and 89%, official). (default: cosine)",
+        rich_help_panel=RECIPE)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps. (default: 100)",
+                                                        rich_help_panel=RECIPE)] = None,
+    grounding_ratio: Annotated[Optional[float], typer.Option(
+        help="Share of samples trained with a grounding caption (the others: a detection prompt). (default: 0.5)",
+        rich_help_panel=RECIPE)] = None,
+    max_labels: Annotated[Optional[int], typer.Option(
+        help="Category names in a detection prompt at most: the positives plus sampled negatives. (default: 12)",
+        rich_help_panel=RECIPE)] = None,
+    hard_negatives: Annotated[Optional[float], typer.Option(
+        help="Share of the negatives drawn among categories sharing a word with a positive. (default: 0.5)",
+        rich_help_panel=RECIPE)] = None,
+    augment: Annotated[Optional[bool], typer.Option(
+        "--augment/--no-augment", help="Multi-scale resize + horizontal flip. (default: on)",
+        rich_help_panel=RECIPE)] = None,
+    checkpoint_minutes: Annotated[Optional[float], typer.Option(
+        help="Minutes between checkpoints (0: only at the end). (default: 10)", rich_help_panel=RUN)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Steps per log line. (default: 10)",
+                                                     rich_help_panel=RUN)] = None,
+    text_cache: Annotated[Optional[int], typer.Option(
+        help="Captions whose frozen text features are kept. (default: 1024)", rich_help_panel=RUN)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes. (default: 0)",
+                                                       rich_help_panel=RUN)] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).",
+                                                   rich_help_panel=RUN)] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
+                                                           rich_help_panel=RUN)] = None,
+    cpu: Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is available.", rich_help_panel=RUN)] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --output exactly where it stopped (a finished "
+                                              "run is only exported).", rich_help_panel=RUN)] = False,
+    export: Annotated[Optional[Path], typer.Option(
+        help="When the run has finished, also write the shippable weights here: everything but the text encoder, "
+             "float16 (e.g. glipcli/assets/glip_nano.safetensors, which `--model nano` loads).",
+        rich_help_panel=RUN)] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --export file.", rich_help_panel=RUN)] = False,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar (stderr).", rich_help_panel=RUN)] = True,
+) -> None:
+    """Pre-train GLIP on detection + grounding data (default: nano on the synthetic world), resumable.
+
+    Multi-GPU: accelerate launch -m glipcli.cli.main pretrain ...
+    """
+    import torch
+
+    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if export is not None:
+        from glipcli.io import check_writable
+
+        check_writable(export, overwrite)
+    given: dict[str, Any] = dict(
+        seed=seed, steps=steps, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grounding_ratio=grounding_ratio,
+        max_labels=max_labels, hard_negatives=hard_negatives, augment=augment, mixed_precision=mixed_precision,
+        checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
+    given = {k: v for k, v in given.items() if v is not None}
+    if resume:
+        run = read_run(output)
+        stored = PretrainConfig.from_dict(run["config"])
+        from glipcli.engine.pretrain import RESUME_FREE
+
+        for key, value in given.items():
+            if key not in RESUME_FREE and getattr(stored, key) != value:
+                raise GlipError(f"--resume: the run was started with --{key.replace('_', '-')} {getattr(stored, key)}, "
+                                f"not {value} (a resumed run continues with its own settings)")
+        config = dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUME_FREE})
+        source = _resumed_source(run, data, world_images)
+        if preset is not None or init is not None:
+            raise GlipError("--resume takes the model from the run's checkpoint: leave out --preset and --init")
+        model, text_encoder = _resumed_model(run), run.get("text_encoder")
+        run_info = {key: run[key] for key in ("model",) if key in run}
+    else:
+        config = PretrainConfig(**given)
+        if preset is not None and init is not None:
+            raise GlipError("give --preset (from scratch) or --init (from weights), not both")
+        source = _source(data, world_images, config.seed)
+        from glipcli.engine.pretrain import build_pretrain_model
+
+        model, text_encoder = build_pretrain_model(preset or "nano", init=init, seed=config.seed)
+        run_info = {"model": {"preset": None if init is not None else (preset or "nano"),
+                              "init": None if init is None else str(init.resolve())}}
+    trainer = Pretrainer(model, source, config, output, text_encoder=text_encoder, resume=resume, cpu=cpu,
+                         progress=progress, console=stderr, run_info=run_info)
+    result = trainer.fit()
+    if not result.main_process:
+        return
+    if export is not None:
+        if not result.state.finished:
+            raise GlipError(f"{output}: the run has not finished; nothing exported")
+        import json
+
+        summary = {"steps": result.state.global_step, "images": result.state.samples,
+                   "train_seconds": round(result.state.train_seconds, 1), "seed": config.seed,
+                   "stop_reason": result.state.stop_reason, "source": source.describe()}
+        path = export_weights(trainer.model, export, extra_metadata={"glip_pretrain": json.dumps(summary)})
+        stderr.print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, float16, without the text encoder)",
+                     highlight=False, markup=False, soft_wrap=True)
+
+
+def _source(data: Path | None, world_images: int | None, seed: int):
+    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+
+    if data is not None:
+        if world_images is not None:
+            raise GlipError("--world-images applies to the generated world, not to --data")
+        return CocoGroundingSource(data)
+    return WorldSource(seed=seed, images=world_images if world_images is not None else 100_000)
+
+
+def _resumed_source(run: dict, data: Path | None, world_images: int | None):
+    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+
+    described = run.get("source") or {}
+    if described.get("kind") == "coco":
+        if data is not None and (data / "train" / "_annotations.coco.json").resolve() != Path(described["ann_file"]):
+            raise GlipError(f"--resume: the run was pre-trained on {described['ann_file']}, not {data}")
+        return CocoGroundingSource(ann_file=described["ann_file"], grounding_file=described.get("grounding_file"))
+    if data is not None:
+        raise GlipError("--resume: the run was pre-trained on the generated world, not on --data")
+    if world_images is not None and world_images != described.get("images"):
+        raise GlipError(f"--resume: the run was started with --world-images {described.get('images')}")
+    return WorldSource(seed=described["seed"], images=described["images"],
+                       captions_per_image=described.get("captions_per_image", 2))
+
+
+def _resumed_model(run: dict):
+    import json
+
+    from glipcli.checkpoint import FORMAT_TAG
+    from glipcli.modeling.glip import GLIP
+    from glipcli.predictor import config_from_checkpoint_metadata
+
+    cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
+    return GLIP(cfg)
