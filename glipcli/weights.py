@@ -129,7 +129,8 @@ def load_model(source: ModelSource) -> GLIP:
         return GLIP(source.config)
     state, metadata = read_state_dict(source.weights)
     cfg = source.config or infer_config(state, metadata, source=str(source.weights))
-    if not is_official_state_dict(state) and not any(k.startswith("language.") for k in state):
+    own_layout = any(k.startswith(("backbone.swin.", "head.layers.")) for k in state)
+    if own_layout and not any(k.startswith("language.") for k in state):
         return _load_without_text_encoder(cfg, state, str(source.weights))
     # Built without allocating or initialising parameters; the checkpoint's (memory-mapped)
     # tensors become the parameters, so loading costs one copy of the weights, not two.

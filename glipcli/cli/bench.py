@@ -1,5 +1,6 @@
 """`glip bench`: ODinW transfer (zero-shot, few-shot, full data; full / prompt / linear tuning) and the paper's
-COCO, LVIS and Flickr30K evaluations. The work is done by `glipcli.bench.runner` / `glipcli.bench.standard`."""
+COCO, LVIS and Flickr30K evaluations; the synthetic world's held-out transfer (`glip bench synthetic`). The work is
+done by `glipcli.bench.runner` / `glipcli.bench.standard` / `glipcli.bench.synthetic`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt, WeightsOpt
 
 bench_app = typer.Typer(name="bench", no_args_is_help=True, pretty_exceptions_enable=False,
-                        help="Benchmarks: ODinW transfer across shots, seeds and tuning modes; COCO, LVIS, Flickr30K.")
+                        help="Benchmarks: ODinW transfer across shots, seeds and tuning modes; COCO, LVIS, Flickr30K; "
+                             "the synthetic world (held-out transfer of glip-nano).")
 app.add_typer(bench_app, name="bench")
 
 DataRootOpt = Annotated[Optional[Path], typer.Option(help="The folder holding the datasets (see each command).")]
@@ -199,4 +201,43 @@ def _show(report, quiet: bool) -> None:
     stdout.print(report.rich_table())
     for note in report.notes:
         stderr.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
+    _print_files(report.files, quiet)
+
+
+@bench_app.command("synthetic")
+def synthetic(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    weights: WeightsOpt = None,
+    output: OutputOpt = None,
+    seed: Annotated[int, typer.Option(help="World seed of the held-out data (generated into OUTPUT/data/).")] = 1,
+    images: Annotated[int, typer.Option(min=1, help="Test images per held-out set.")] = 200,
+    train_images: Annotated[int, typer.Option(min=1, help="Never-seen-shape training pool the K-shot subset "
+                                                          "is drawn from.")] = 50,
+    valid_images: Annotated[int, typer.Option(min=1, help="Never-seen-shape validation pool (K-shot subset "
+                                                          "too, as the official few-shot runs).")] = 50,
+    shots: Annotated[int, typer.Option(min=1, help="K of the few-shot fine-tuning and prompt tuning.")] = 5,
+    train_seed: Annotated[int, typer.Option(help="Seed of the K-shot subset and training order.")] = 3,
+    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epoch cap of the tuning runs (default: official "
+                                                              "200 with early stopping).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
+    eval_batch_size: EvalBatchOpt = 4,
+    keep_weights: Annotated[bool, typer.Option(help="Keep the tuned weights and checkpoints.")] = False,
+    device: DeviceOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Held-out synthetic world (default model: nano): zero-shot on unseen colour-shape combinations, the
+    never-seen shape zero-shot / after K-shot fine-tuning / after prompt tuning, and plain vs synonym vs
+    descriptive prompts. One table; JSON and Markdown in --output. Needs nothing on disk.
+    """
+    from glipcli.bench.synthetic import SyntheticRequest, rich_table, run_synthetic
+
+    if model is None and weights is None and config is None:
+        model = "nano"
+    request = SyntheticRequest(output=output, seed=seed, images=images, train_images=train_images,
+                               valid_images=valid_images, shots=shots, train_seed=train_seed, epochs=epochs,
+                               batch_size=batch_size, eval_batch_size=eval_batch_size, keep_weights=keep_weights)
+    report = run_synthetic(request, _model(model, weights, config, device, "float32"),
+                           console=None if quiet else stderr, progress=not quiet)
+    stdout.print(rich_table(report))
     _print_files(report.files, quiet)
