@@ -9,8 +9,6 @@ are not results.
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -23,7 +21,7 @@ from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, phrase_scores, rescale_boxes
 
-METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+from glipcli.bench.coco_eval import METRIC_NAMES  # noqa: F401  (re-exported for callers)
 
 
 @dataclass
@@ -92,34 +90,12 @@ def predict_split(model: GLIP, data: CocoDetectionData, prompt: TrainingPrompt, 
 def coco_evaluate(data: CocoDetectionData, results: list[dict], indices: Sequence[int] | None = None
                   ) -> EvalResult:
     """pycocotools box evaluation of `results` on the images `indices` (all by default)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    from glipcli.bench.coco_eval import coco_box_ap
 
     image_ids = list(range(len(data.images))) if indices is None else [int(i) for i in indices]
-    quiet = io.StringIO()
-    with contextlib.redirect_stdout(quiet):
-        gt = COCO()
-        gt.dataset = coco_ground_truth(data)
-        gt.createIndex()
-        if not results:
-            has_gt = any(len(gt.getAnnIds(imgIds=[i], iscrowd=False)) for i in image_ids)
-            value = 0.0 if has_gt else -1.0
-            return EvalResult({k: value for k in METRIC_NAMES},
-                              {name: value for name in data.classes}, len(image_ids), 0)
-        dt = gt.loadRes(results)
-        evaluator = COCOeval(gt, dt, "bbox")
-        evaluator.params.imgIds = image_ids
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
-    metrics = {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats)}
-    precision = evaluator.eval["precision"]  # [T, R, K, A, M]
-    per_class = {}
-    for k, name in enumerate(data.classes):
-        p = precision[:, :, k, 0, -1]
-        valid = p[p > -1]
-        per_class[name] = float(valid.mean()) if valid.size else -1.0
-    return EvalResult(metrics, per_class, len(image_ids), len(results))
+    scored = coco_box_ap(coco_ground_truth(data), results, image_ids=image_ids)
+    per_class = {name: scored.per_category.get(k + 1, -1.0) for k, name in enumerate(data.classes)}
+    return EvalResult(dict(scored.metrics), per_class, len(image_ids), len(results))
 
 
 def evaluate(model: GLIP, data: CocoDetectionData, prompt: TrainingPrompt, batch_size: int = 4,
