@@ -131,3 +131,9 @@ def test_detect_with_full_size_glip_t_checkpoint(golden_dir, tmp_path):
         x0, y0, x1, y1 = det["box_xyxy"]
         assert 0 <= x0 <= x1 <= 64 and 0 <= y0 <= y1 <= 48
         assert det["label"] in ("person", "dog")
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback(bad_inputs):
+    proc = _glip("detect", str(bad_inputs / "ok.png"), "-p", "dog", "--no-such-option")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "No such option" in proc.stderr

@@ -206,7 +206,9 @@ def _show(report, quiet: bool) -> None:
 
 @bench_app.command("synthetic")
 def synthetic(
-    model: ModelOpt = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Preset or checkpoint path, as for `glip detect`. Default: nano (unless --weights "
+                              "or --config is given).")] = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
     output: OutputOpt = None,
@@ -239,5 +241,6 @@ def synthetic(
                                batch_size=batch_size, eval_batch_size=eval_batch_size, keep_weights=keep_weights)
     report = run_synthetic(request, _model(model, weights, config, device, "float32"),
                            console=None if quiet else stderr, progress=not quiet)
-    stdout.print(rich_table(report))
+    if not quiet:
+        stdout.print(rich_table(report))
     _print_files(report.files, quiet)

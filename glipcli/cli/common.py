@@ -21,7 +21,8 @@ ImagesArg = Annotated[list[str], typer.Argument(
     show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l: official weights from the "
-    "Hugging Face hub unless --weights is given) or a checkpoint path. Default: glip-t.")]
+    "Hugging Face hub unless --weights is given; nano: the small GLIP whose weights ship with glip, offline) or a "
+    "checkpoint path. Default: glip-t.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml): the architecture.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Checkpoint: official .pth or glip .safetensors.")]
 BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass (similar sizes are batched).")]

@@ -20,6 +20,25 @@ from glipcli.cli.app import app, stderr
 from glipcli.errors import GlipError
 
 
+def _exception_types() -> tuple[tuple, tuple, tuple]:
+    """(abort, usage-error, exit) exception types of click and of typer's own vendored copy of
+    click (typer >= 0.25 raises those), whichever this environment has."""
+    abort, error, exit_ = [click.exceptions.Abort], [click.exceptions.ClickException], [click.exceptions.Exit]
+    try:
+        from typer import exceptions as typer_exceptions
+        from typer._click import exceptions as vendored  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        error.append(vendored.ClickException)
+        abort.extend(getattr(typer_exceptions, "Abort", ()) and [typer_exceptions.Abort])
+        exit_.extend(getattr(typer_exceptions, "Exit", ()) and [typer_exceptions.Exit])
+    return tuple(abort), tuple(error), tuple(exit_)
+
+
+_ABORT, _CLICK_ERROR, _EXIT = _exception_types()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit status 2.
 
@@ -34,13 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     except GlipError as exc:
         stderr.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         return 2
-    except click.exceptions.Abort:
+    except _ABORT:
         stderr.print("aborted", highlight=False)
         return 130
-    except click.exceptions.ClickException as exc:
+    except _CLICK_ERROR as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         return exc.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted", highlight=False)

@@ -61,6 +61,10 @@ def pretrain(
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Multi-scale resize + horizontal flip. (default: on)",
         rich_help_panel=RECIPE)] = None,
+    dropout: Annotated[Optional[bool], typer.Option(
+        "--dropout/--no-dropout", help="Keep the architecture's dropout / DropPath rates (official) or train "
+                                       "without them (the world never repeats a sample). (default: off)",
+        rich_help_panel=RECIPE)] = None,
     checkpoint_minutes: Annotated[Optional[float], typer.Option(
         help="Minutes between checkpoints (0: only at the end). (default: 10)", rich_help_panel=RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Steps per log line. (default: 10)",
@@ -100,7 +104,8 @@ def pretrain(
     given: dict[str, Any] = dict(
         seed=seed, steps=steps, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grounding_ratio=grounding_ratio,
-        max_labels=max_labels, hard_negatives=hard_negatives, augment=augment, mixed_precision=mixed_precision,
+        max_labels=max_labels, hard_negatives=hard_negatives, augment=augment, dropout=dropout,
+        mixed_precision=mixed_precision,
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
     given = {k: v for k, v in given.items() if v is not None}
     if resume:

@@ -35,7 +35,7 @@ PromptFile = Annotated[Optional[Path], typer.Option(
     rich_help_panel=DATA)]
 
 ModelName = Annotated[Optional[str], typer.Option(
-    "--model", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l) or a checkpoint path.",
+    "--model", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l, nano) or a checkpoint path.",
     rich_help_panel=MODEL)]
 ConfigFile = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml).",
                                                     rich_help_panel=MODEL)]

@@ -16,7 +16,8 @@ caption tokens it is grounded to:
   colours and shapes these are the negatives that teach attribute binding (an addition to the
   official recipe, which samples uniformly; 0 gives the uniform rule).
 - **grounding sample**: one of the image's captions, each phrase grounded to its boxes;
-  objects the caption does not mention are background for it, as in GoldG.
+  objects the caption does not mention are background for it, as in GoldG. An image without
+  a caption gives a detection sample instead (and one without boxes a grounding sample).
 
 Sources (`PretrainSource`): `WorldSource` renders the synthetic world on the fly (scene `i` of
 the `pretrain` task, train stream: deterministic by seed, never a held-out combination or
@@ -25,8 +26,9 @@ shape); `CocoGroundingSource` reads a `glip synth-data` folder (`train/_annotati
 in the official mixed format.
 
 `PretrainDataset` turns item keys `(epoch, position, record index, step)` into augmented samples;
-every random choice (detection or grounding, negatives, order, flip) comes from a generator
-seeded with (seed, epoch, position), the scale from one seeded with (seed, epoch, step), so a sample is the same whenever and wherever it is drawn
+every random choice of a sample (caption, negatives, order, flip) comes from a generator seeded
+with (seed, epoch, position), the batch's scale and kind (detection or grounding: the share of
+grounding batches is `grounding_ratio`) from one seeded with (seed, epoch, step), so a sample is the same whenever and wherever it is drawn
 and an interrupted run resumes with exactly the samples it would have seen. A horizontal flip
 swaps the words `left` and `right` of a grounding caption (and moves the phrase spans).
 """
@@ -234,7 +236,7 @@ class CocoGroundingSource:
 # -- the training text of a sample -----------------------------------------------------------------
 @dataclass(frozen=True)
 class TextSettings:
-    """grounding_ratio: chance a sample uses one of its image's captions (when it has any);
+    """grounding_ratio: chance a batch is of grounding samples (one of its image's captions each);
     max_labels: category names in a detection caption at most; hard_negative_share: share of
     the negatives drawn among categories sharing a word with a positive; max_tokens: the
     model's token budget ([CLS] and [SEP] included)."""
@@ -309,12 +311,12 @@ class SampleText:
 
 
 def sample_text(record: PretrainRecord, categories: Sequence[str], rng: random.Random,
-                settings: TextSettings) -> SampleText:
-    """The caption of one sample (see the module docstring). Draws from `rng` in a fixed pattern."""
+                settings: TextSettings, grounding: bool) -> SampleText:
+    """The caption of one sample (see the module docstring): one of the record's captions when
+    `grounding` (and it has one), else a detection prompt. Draws from `rng` in a fixed pattern."""
     usable = [c for c in record.captions if len(c.boxes)]
-    use_grounding = rng.random() < settings.grounding_ratio
     pick = rng.randrange(len(usable)) if usable else 0
-    if (use_grounding and usable) or (len(record.boxes) == 0 and usable):
+    if (grounding and usable) or (len(record.boxes) == 0 and usable):
         cap = usable[pick]
         phrases = [Phrase(cap.text[s:e], s, e) for s, e in cap.spans]
         return SampleText("grounding", cap.text, phrases, cap.boxes, cap.phrase_of_box)
@@ -355,8 +357,8 @@ def sample_rng(seed: int, epoch: int, position: int) -> random.Random:
     return random.Random(f"glip-pretrain/{seed}/{epoch}/{position}")
 
 
-def batch_scale_rng(seed: int, epoch: int, step: int) -> random.Random:
-    return random.Random(f"glip-pretrain-scale/{seed}/{epoch}/{step}")
+def batch_rng(seed: int, epoch: int, step: int) -> random.Random:
+    return random.Random(f"glip-pretrain-batch/{seed}/{epoch}/{step}")
 
 
 def with_steps(batches: Sequence[Sequence[tuple[int, int, int]]], start: int = 0
@@ -369,10 +371,11 @@ class PretrainDataset(Dataset):
     """Items are `(epoch, position, record index, step)` keys (`with_steps`).
 
     augment: the official multi-scale resize (short sides scaled to the model's test size) and a
-    horizontal flip with probability 0.5; the scale is drawn once per step (seeded by seed, epoch,
-    step), so the images of a batch share it and are not padded up to the largest one: the
-    cheaper scales then really cost less. Without it images are resized to the test size, never
-    flipped."""
+    horizontal flip with probability 0.5. The scale and the kind of sample (detection or
+    grounding) are drawn once per step (`batch_plan`, seeded by seed, epoch, step): the images of
+    a batch share a scale and are not padded up to the largest one, its captions are of one kind
+    and of similar length, so the cheaper scales and shorter captions really cost less. Without
+    augmentation images are resized to the test size, never flipped."""
 
     def __init__(self, source: PretrainSource, input_cfg: InputConfig, settings: TextSettings, seed: int,
                  augment: bool = True):
@@ -387,16 +390,20 @@ class PretrainDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def scale(self, epoch: int, step: int) -> int:
-        """The short side of the images of step `step` of `epoch`."""
-        return batch_scale_rng(self.seed, epoch, step).choice(self.sizes)
+    def batch_plan(self, epoch: int, step: int) -> tuple[int, bool]:
+        """What the samples of step `step` of `epoch` share: the images' short side, and whether
+        they are grounding samples (chance `grounding_ratio`; else detection samples). One kind
+        per batch keeps the captions of a batch of similar length (less padding)."""
+        rng = batch_rng(self.seed, epoch, step)
+        return rng.choice(self.sizes), rng.random() < self.settings.grounding_ratio
 
     def __getitem__(self, key: tuple[int, int, int, int]) -> PretrainSample:
         epoch, position, index, step = key
         rng = sample_rng(self.seed, epoch, position)
         record = self.source.record(index)
-        text = sample_text(record, self.source.categories, rng, self.settings)
-        resize = TrainTransform(self.input_cfg, (self.scale(epoch, step),), self.input_cfg.max_size, flip_prob=0.0)
+        scale, grounding = self.batch_plan(epoch, step)
+        text = sample_text(record, self.source.categories, rng, self.settings, grounding)
+        resize = TrainTransform(self.input_cfg, (scale,), self.input_cfg.max_size, flip_prob=0.0)
         tensor, boxes, (h, w) = resize(record.image, torch.from_numpy(np.array(text.boxes, np.float32)), rng)
         flip = self.augment and rng.random() < 0.5
         caption, phrases = text.caption, text.phrases

@@ -15,6 +15,9 @@ The recipe (official GLIP pre-training ingredients, scaled to a CPU):
 - text encoder: frozen and in eval mode (its parameters never change, so shipped weights can
   leave it out: `export_weights`). Each distinct caption is encoded once, alone and without
   gradients, and its features are kept in a bounded LRU cache (`text_cache` captions);
+- regularisation: none by default (`dropout=False`): the generated world never repeats a sample,
+  so dropout, DropPath and attention dropout would only slow learning down (`dropout=True` keeps
+  the architecture's rates, the official setting);
 - optimiser: AdamW, weight decay 0.05 (biases: lr x2, no decay, official `make_optimizer`),
   gradient-norm clip 1.0; linear warm-up from `warmup_factor`, then cosine decay to
   `min_lr_factor` (or the official multi-step schedule: x0.1 at 67% and 89% of the run);
@@ -103,6 +106,7 @@ class PretrainConfig:
     max_labels: int = 12
     hard_negatives: float = 0.5
     augment: bool = True
+    dropout: bool = False
     calibration_steps: int = 20
     mixed_precision: str = "no"
     checkpoint_minutes: float = 10.0
@@ -254,6 +258,24 @@ def _is_minilm(model: GLIP) -> bool:
     weights = {k: v for k, v in reference.items() if k in own or not k.startswith("embeddings.")}
     return bool(weights) and all(k in own and torch.equal(own[k].detach().cpu().to(v.dtype), v)
                                  for k, v in weights.items())
+
+
+def disable_dropout(model: nn.Module) -> int:
+    """Turn off every stochastic regulariser of `model` (dropout, DropPath, DropBlock, attention
+    dropout) in place; returns how many were on. Pre-training on a stream that never repeats a
+    sample gains nothing from them and they cost time; the model's config (what fine-tuning uses
+    later) is unchanged."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        for name in ("drop_prob", "dropout"):
+            value = getattr(module, name, None)
+            if isinstance(value, float) and not isinstance(module, nn.Dropout):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return changed
 
 
 def freeze_text_encoder(model: GLIP) -> None:
@@ -425,6 +447,8 @@ class Pretrainer:
         model.to(acc.device)
         named = trainable_parameters(model)
         freeze_text_encoder(model)
+        if not cfg.dropout:
+            disable_dropout(model)
         self.trainable = [p for _, p in named]
         self.optimizer = torch.optim.AdamW(optimizer_groups(named, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.module, self.optimizer = acc.prepare(_VisionHead(model), self.optimizer)
@@ -632,7 +656,8 @@ class Pretrainer:
         left = self._budget_left()
         if left is not None:
             per_step = self._mean_step_seconds()
-            if left <= 0 or (per_step is not None and left < per_step + self._save_seconds):
+            out_of_time = left <= 0 or (per_step is not None and left < per_step + self._save_seconds)
+            if self._agree(out_of_time):
                 st.stop_reason, st.finished = "time budget", True
                 return True
         if self._stop_requested and not before_step:
@@ -651,15 +676,18 @@ class Pretrainer:
             if len(measured) >= cfg.calibration_steps:
                 per_step = sum(measured) / len(measured)
                 left = cfg.minutes * 60.0 - st.train_seconds
-                st.horizon = st.global_step + max(0, int((left - self._save_seconds) / per_step))
-                st.horizon = self._agree(st.horizon)
+                saves = 1 + (int(left // (cfg.checkpoint_minutes * 60.0)) if cfg.checkpoint_minutes > 0 else 0)
+                st.horizon = st.global_step + max(0, int((left - saves * self._save_seconds) / per_step))
+                st.horizon = int(self._agree(st.horizon))
                 self._log("calibration", global_step=st.global_step, seconds_per_step=round(per_step, 4),
                           horizon=st.horizon, images_per_second=round(cfg.batch_size / per_step, 3))
                 self._say(f"{per_step:.2f} s per step ({cfg.batch_size / per_step:.1f} images/s): the "
                           f"{cfg.minutes:g}-minute budget fits {st.horizon} steps; the schedule ends there")
                 progress.update(task, total=st.horizon)
         total = sum(losses.values())
-        self._window.append({**losses, "loss": total, "seconds": seconds,
+        cpu = time.process_time()
+        cpu_seconds, self._cpu_mark = cpu - getattr(self, "_cpu_mark", cpu), cpu
+        self._window.append({**losses, "loss": total, "seconds": seconds, "cpu_seconds": cpu_seconds,
                              "detection": sum(k == "detection" for k in batch.kinds)})
         lr = self.optimizer.param_groups[0]["lr"]
         if st.global_step % cfg.log_every == 0 or (st.horizon is not None and st.global_step >= st.horizon):
@@ -674,18 +702,20 @@ class Pretrainer:
         progress.update(task, completed=st.global_step)
         if self.step_callback is not None:
             self.step_callback(PretrainStep(st.global_step, losses, lr, seconds))
-        if cfg.checkpoint_minutes > 0 and self.clock() - self._last_checkpoint >= cfg.checkpoint_minutes * 60.0:
+        due = cfg.checkpoint_minutes > 0 and self.clock() - self._last_checkpoint >= cfg.checkpoint_minutes * 60.0
+        if self._agree(due):
             self._save_checkpoint()
 
-    def _agree(self, value: int) -> int:
-        """The main process's value on every process (the horizon must be the same everywhere)."""
+    def _agree(self, value):
+        """The main process's value on every process: time-based decisions (the horizon, a budget
+        stop, a checkpoint) must be the same everywhere."""
         if self.accelerator.num_processes == 1:
             return value
         from accelerate.utils import broadcast_object_list
 
         holder = [value]
         broadcast_object_list(holder)
-        return int(holder[0])
+        return holder[0]
 
     def _step(self, batch: PretrainBatch) -> dict[str, float]:
         acc, cfg = self.accelerator, self.config
