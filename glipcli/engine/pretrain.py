@@ -49,8 +49,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -67,6 +65,7 @@ from glipcli.data.epoch_batches import EpochBatches
 from glipcli.data.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
                                         with_steps)
 from glipcli.engine import checkpointing as ckpt
+from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 from glipcli.losses import GLIPLoss, TrainTarget
@@ -398,7 +397,7 @@ class Pretrainer:
         self.clock = clock
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config.mixed_precision, cpu)
         self.state = PretrainState()
-        self._stop_requested = False
+        self._interrupt = GracefulInterrupt(self._say)
         self._at_step_boundary = False
 
     # -- files ---------------------------------------------------------------------------------------
@@ -547,7 +546,7 @@ class Pretrainer:
         self._session_seconds_before = self.state.train_seconds
         self._last_checkpoint = self._session_start
         self._save_seconds = 2.0
-        previous = self._install_interrupt_handler()
+        self._interrupt.install(self.accelerator.num_processes)
         try:
             self._train()
             return self._finish()
@@ -562,24 +561,7 @@ class Pretrainer:
                 self._say(f"interrupted; continue from the last checkpoint with --resume --output {self.output_dir}")
             raise
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-
-    def _install_interrupt_handler(self):
-        """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: stop at once."""
-        if threading.current_thread() is not threading.main_thread() or self.accelerator.num_processes > 1:
-            return None
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self._say("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
-
-        signal.signal(signal.SIGINT, handler)
-        return previous
+            self._interrupt.restore()
 
     def _start_files(self) -> None:
         if not self.main:
@@ -660,7 +642,7 @@ class Pretrainer:
             if self._agree(out_of_time):
                 st.stop_reason, st.finished = "time budget", True
                 return True
-        if self._stop_requested and not before_step:
+        if self._interrupt.stop_requested and not before_step:
             raise KeyboardInterrupt
         return False
 
@@ -762,22 +744,6 @@ class Pretrainer:
     def _result(self, model_path: Path | None = None) -> PretrainResult:
         path = model_path or (self.output_dir / FINAL_MODEL)
         return PretrainResult(self.output_dir, self.state, path if path.is_file() else None, self.main)
-
-
-def make_accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator for this run (accelerate keeps one process-wide state: a different
-    precision or device choice starts it afresh)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state:
-        state = AcceleratorState()
-        if str(state.mixed_precision) != mixed_precision or (cpu and state.device.type != "cpu"):
-            AcceleratorState._reset_state()
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    except (ValueError, RuntimeError) as exc:
-        raise GlipError(f"--mixed-precision {mixed_precision}: {str(exc).splitlines()[0]}") from None
 
 
 # -- weights out -------------------------------------------------------------------------------------

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
 from glipcli.engine import checkpointing as ckpt
+from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.evaluate import EvalResult, evaluate
 from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, model_identity
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
@@ -163,11 +162,11 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.show_progress = progress
         if accelerator is None:
-            accelerator = _make_accelerator(self.config.mixed_precision, cpu)
+            accelerator = make_accelerator(self.config.mixed_precision, cpu)
         self.accelerator = accelerator
         self.is_prompt = self.config.task == "prompt"
         self._at_step_boundary = False  # the state matches the weights (a checkpoint may be taken)
-        self._stop_requested = False
+        self._interrupt = GracefulInterrupt(self._say)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
@@ -397,7 +396,7 @@ class Trainer:
             self._say(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
         else:
             self._start_files()
-        previous_handler = self._install_interrupt_handler()
+        self._interrupt.install(self.accelerator.num_processes)
         try:
             self._train_epochs()
             return self._finish()
@@ -411,24 +410,7 @@ class Trainer:
                 self._say(f"interrupted; continue from the last checkpoint with --resume --output {self.output_dir}")
             raise
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-
-    def _install_interrupt_handler(self):
-        """First Ctrl-C: finish the current step, save a checkpoint, stop. Second: stop at once."""
-        if threading.current_thread() is not threading.main_thread() or self.accelerator.num_processes > 1:
-            return None
-        previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                signal.signal(signal.SIGINT, previous)
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self._say("stopping after this step to save a checkpoint (Ctrl-C again to stop at once)")
-
-        signal.signal(signal.SIGINT, handler)
-        return previous
+            self._interrupt.restore()
 
     def _start_files(self) -> None:
         if not self.accelerator.is_main_process:
@@ -496,7 +478,7 @@ class Trainer:
             progress.update(task, advance=1, loss=f"{sum(window) / len(window):.4f}")
             if self.step_callback is not None:
                 self.step_callback(StepInfo(epoch, self.state.step, self.state.global_step, losses, lr))
-            if self._stop_requested:
+            if self._interrupt.stop_requested:
                 raise KeyboardInterrupt
         self._at_step_boundary = False
 
@@ -594,23 +576,6 @@ class Trainer:
                   best_epoch=self.stopper.best_epoch, best=str(best_path))
         self._say(f"wrote {best_path} and {self.output_dir / METRICS_FILE}")
         return TrainResult(self.output_dir, best_path, metrics, acc.is_main_process)
-
-
-def _make_accelerator(mixed_precision: str, cpu: bool):
-    """An Accelerator for this run. accelerate keeps one process-wide state; a run in the same
-    process with another precision (or device choice) starts it afresh (the process group, if
-    any, is kept)."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
-    if AcceleratorState._shared_state:
-        state = AcceleratorState()
-        if str(state.mixed_precision) != mixed_precision or (cpu and state.device.type != "cpu"):
-            AcceleratorState._reset_state()
-    try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-    except (ValueError, RuntimeError) as exc:
-        raise GlipError(f"--mixed-precision {mixed_precision}: {str(exc).splitlines()[0]}") from None
 
 
 def _config_json(model: GLIP) -> str:
