@@ -83,8 +83,7 @@ def test_fewshot_files_and_prompt_file_names():
 
 def test_prompt_files_follow_the_naming_convention():
     pdir = default_prompts_dir()
-    if not pdir.is_dir():
-        pytest.skip(f"no ODinW prompt files at {pdir}")
+    assert pdir.is_dir(), f"the repository's ODinW prompt files are missing at {pdir}"
     for d in reg.odinw_suite("odinw35"):
         for variant in reg.PROMPT_VARIANTS:
             assert d.prompt_file(pdir, variant).is_file(), (d.name, variant)
