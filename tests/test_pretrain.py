@@ -113,9 +113,38 @@ def test_sample_text_is_a_detection_prompt_or_a_caption():
     assert sample_text(no_caption, names, random.Random(0), TextSettings(), grounding=True).kind == "detection"
 
 
+def test_attribute_naming_names_every_box_by_one_attribute_with_negatives_of_that_attribute():
+    source = _world()
+    shapes, colours = (set(source.category_groups[g]) for g in ("shape", "colour"))
+    full = set(range(len(source.categories))) - shapes - colours
+    record = next(r for r in map(source.record, range(20)) if len(r.boxes) >= 2)
+    kinds = set()
+    for trial in range(60):
+        text = sample_text(record, source.categories, random.Random(trial),
+                           TextSettings(attribute_share=0.6, max_labels=8), False, source.category_groups)
+        names = [p.text for p in text.phrases]
+        index = [source.categories.index(n) for n in names]
+        group = next(g for g, members in (("shape", shapes), ("colour", colours), ("full", full))
+                     if set(index) <= members)  # one naming per prompt: never "red" beside "red circle"
+        kinds.add(group)
+        for box, phrase in enumerate(text.phrase_of_box):
+            colour, shape = source.categories[record.labels[box]].split()
+            assert names[phrase] == {"shape": shape, "colour": colour, "full": f"{colour} {shape}"}[group]
+    assert kinds == {"shape", "colour", "full"}
+    # share 0: always the full names
+    plain = [sample_text(record, source.categories, random.Random(t), TextSettings(), False, source.category_groups)
+             for t in range(10)]
+    assert all(len(p.phrases[0].text.split()) == 2 for p in plain)
+    with pytest.raises(GlipError, match="attribute-labels"):
+        TextSettings(attribute_share=1.5)
+
+
 def test_world_samples_are_grounded_and_deterministic():
     source = _world()
-    assert len(source.categories) == 102  # the pre-training colour-shape vocabulary
+    # the pre-training vocabulary: 102 colour-shape names, then 9 shapes and 12 colours
+    assert len(source.categories) == 102 + 9 + 12
+    assert [source.categories[i] for i in source.category_groups["shape"]][:2] == ["circle", "square"]
+    assert len(source.category_groups["colour"]) == 12
     assert not {"purple star", "orange circle"} & set(source.categories)  # held-out combinations
     assert not any(n.endswith("arrow") for n in source.categories)  # the held-out shape
     dataset = PretrainDataset(source, TINY.input, TextSettings(grounding_ratio=0.5), seed=0)
@@ -216,7 +245,7 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path):
     events = [e["event"] for e in _log(tmp_path / "run")]
     assert events[0] == "start" and events.count("step") == 30 and events[-2:] == ["checkpoint", "end"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["kind"] == "glip-pretrain" and run["source"]["kind"] == "world" and len(run["categories"]) == 102
+    assert run["kind"] == "glip-pretrain" and run["source"]["kind"] == "world" and len(run["categories"]) == 123
     assert result.model_path == tmp_path / "run" / "model.safetensors" and result.model_path.is_file()
 
 

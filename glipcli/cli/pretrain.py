@@ -58,6 +58,10 @@ def pretrain(
     hard_negatives: Annotated[Optional[float], typer.Option(
         help="Share of the negatives drawn among categories sharing a word with a positive. (default: 0.5)",
         rich_help_panel=RECIPE)] = None,
+    attribute_labels: Annotated[Optional[float], typer.Option(
+        help="Share of detection prompts naming the boxes by one attribute ('circle. square.' or 'red. blue.') "
+             "instead of the full name, where the data has such labels (the synthetic world). (default: 0)",
+        rich_help_panel=RECIPE)] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Multi-scale resize + horizontal flip. (default: on)",
         rich_help_panel=RECIPE)] = None,
@@ -104,7 +108,7 @@ def pretrain(
     given: dict[str, Any] = dict(
         seed=seed, steps=steps, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grounding_ratio=grounding_ratio,
-        max_labels=max_labels, hard_negatives=hard_negatives, augment=augment, dropout=dropout,
+        max_labels=max_labels, hard_negatives=hard_negatives, attribute_labels=attribute_labels, augment=augment, dropout=dropout,
         mixed_precision=mixed_precision,
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
     given = {k: v for k, v in given.items() if v is not None}

@@ -14,7 +14,11 @@ caption tokens it is grounded to:
   `hard_negative_share` of the negatives is drawn among the categories sharing a word with a
   positive one (`purple circle` for a `purple star`): with a vocabulary built from a few
   colours and shapes these are the negatives that teach attribute binding (an addition to the
-  official recipe, which samples uniformly; 0 gives the uniform rule).
+  official recipe, which samples uniformly; 0 gives the uniform rule). Where the data names
+  every box at several levels (the synthetic world: `red circle`, `circle`, `red`), a share
+  `attribute_share` of the detection samples names the boxes by one attribute instead
+  (`circle. square. star.`, negatives from the same level), as datasets with coarse labels do:
+  each word is then taught on its own, which is what a new combination of known words needs.
 - **grounding sample**: one of the image's captions, each phrase grounded to its boxes;
   objects the caption does not mention are background for it, as in GoldG. An image without
   a caption gives a detection sample instead (and one without boxes a grounding sample).
@@ -74,16 +78,23 @@ class GroundedCaption:
 @dataclass
 class PretrainRecord:
     """One image: detection boxes [N, 4] (inclusive xyxy) with category labels [N], and its
-    grounding captions (possibly none)."""
+    grounding captions (possibly none).
+
+    attribute_labels: optional coarser names of the same boxes, per attribute (`{"shape": [N],
+    "colour": [N]}`, indices into the source's categories): a detection sample may name its
+    boxes by one attribute instead (`circle. square.`, see `TextSettings.attribute_share`)."""
 
     image: Image.Image
     boxes: np.ndarray
     labels: np.ndarray
     captions: list[GroundedCaption] = field(default_factory=list)
+    attribute_labels: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class PretrainSource(Protocol):
     categories: list[str]
+    # Category indices per attribute group ("shape": [...]); empty when boxes have one naming only.
+    category_groups: dict[str, list[int]]
 
     def __len__(self) -> int: ...
 
@@ -98,19 +109,28 @@ def _xyxy(box: Sequence[float], width: int, height: int) -> np.ndarray | None:
 
 
 class WorldSource:
-    """`images` scenes of the synthetic world's `pretrain` task (train stream), rendered on demand."""
+    """`images` scenes of the synthetic world's `pretrain` task (train stream), rendered on demand.
+
+    Categories: the colour-shape names (`red circle`), then the seen shapes (`circle`) and the
+    colours (`red`); every box carries its colour-shape label and, as `attribute_labels`, its
+    shape and colour labels."""
 
     def __init__(self, seed: int = 0, images: int = 100_000, held_out=None, config=None,
                  captions_per_image: int = 2):
-        from glipcli.data.synthetic import SyntheticWorld, task_categories
+        from glipcli.data.synthetic import CategoryScheme, SyntheticWorld, task_categories
 
         if images < 1:
             raise GlipError(f"--world-images must be at least 1 (got {images})")
         self.world = SyntheticWorld(seed, config=config, held_out=held_out)
         self.rules = self.world.rules("pretrain")
         self.scheme = task_categories("pretrain", self.world.held_out)
-        self.categories = self.scheme.categories([self.rules])
+        combos = self.scheme.categories([self.rules])
+        shapes = CategoryScheme("shape").categories([self.rules])
+        colours = CategoryScheme("colour").categories([self.rules])
+        self.categories = combos + shapes + colours
         self._index = {name: i for i, name in enumerate(self.categories)}
+        self.category_groups = {"shape": [self._index[n] for n in shapes],
+                                "colour": [self._index[n] for n in colours]}
         self.images = int(images)
         self.captions_per_image = captions_per_image
 
@@ -120,7 +140,7 @@ class WorldSource:
     def record(self, index: int) -> PretrainRecord:
         scene = self.world.scene(index, self.rules, stream="train")
         w, h = scene.width, scene.height
-        boxes, labels, box_of_object = [], [], {}
+        boxes, labels, shape_labels, colour_labels, box_of_object = [], [], [], [], {}
         for i, obj in enumerate(scene.objects):
             xyxy = _xyxy(obj.box, w, h)
             if xyxy is None:
@@ -130,6 +150,8 @@ class WorldSource:
             if name in self._index:
                 boxes.append(xyxy)
                 labels.append(self._index[name])
+                shape_labels.append(self._index[obj.shape])
+                colour_labels.append(self._index[obj.colour])
         captions = []
         for caption in self.world.captions(scene, self.captions_per_image):
             cap_boxes, phrase_ids = [], []
@@ -140,7 +162,10 @@ class WorldSource:
                         phrase_ids.append(p)
             captions.append(GroundedCaption(caption.text, tuple((p.start, p.end) for p in caption.phrases),
                                             _boxes(cap_boxes), np.asarray(phrase_ids, dtype=np.int64)))
-        return PretrainRecord(scene.to_pil(), _boxes(boxes), np.asarray(labels, dtype=np.int64), captions)
+        attributes = {"shape": np.asarray(shape_labels, dtype=np.int64),
+                      "colour": np.asarray(colour_labels, dtype=np.int64)}
+        return PretrainRecord(scene.to_pil(), _boxes(boxes), np.asarray(labels, dtype=np.int64), captions,
+                              attributes)
 
     def describe(self) -> dict[str, Any]:
         import dataclasses
@@ -176,6 +201,7 @@ class CocoGroundingSource:
         if grounding_file is None:
             candidate = ann_file.parent / self.GROUNDING_FILE
             grounding_file = candidate if candidate.is_file() else None
+        self.category_groups: dict[str, list[int]] = {}
         self.grounding_file = None if grounding_file is None else Path(grounding_file)
         self._captions = self._read_grounding(self.grounding_file) if self.grounding_file else {}
         self.ann_file = ann_file
@@ -238,12 +264,15 @@ class CocoGroundingSource:
 class TextSettings:
     """grounding_ratio: chance a batch is of grounding samples (one of its image's captions each);
     max_labels: category names in a detection caption at most; hard_negative_share: share of
-    the negatives drawn among categories sharing a word with a positive; max_tokens: the
-    model's token budget ([CLS] and [SEP] included)."""
+    the negatives drawn among categories sharing a word with a positive; attribute_share: chance
+    that a detection sample of a record with `attribute_labels` names its boxes by one attribute
+    (drawn uniformly among them; its negatives from that attribute's categories); max_tokens:
+    the model's token budget ([CLS] and [SEP] included)."""
 
     grounding_ratio: float = 0.5
     max_labels: int = 12
     hard_negative_share: float = 0.5
+    attribute_share: float = 0.0
     max_tokens: int = 256
 
     def __post_init__(self) -> None:
@@ -253,16 +282,21 @@ class TextSettings:
             raise GlipError(f"--max-labels must be at least 1 (got {self.max_labels})")
         if not 0.0 <= self.hard_negative_share <= 1.0:
             raise GlipError(f"--hard-negatives must be in [0, 1] (got {self.hard_negative_share})")
+        if not 0.0 <= self.attribute_share <= 1.0:
+            raise GlipError(f"--attribute-labels must be in [0, 1] (got {self.attribute_share})")
 
 
 def sample_detection_labels(positives: Sequence[int], categories: Sequence[str], rng: random.Random,
-                            max_labels: int, hard_share: float = 0.0) -> list[int]:
+                            max_labels: int, hard_share: float = 0.0,
+                            candidates: Sequence[int] | None = None) -> list[int]:
     """The categories of one detection caption: every positive (even beyond `max_labels`) plus
-    sampled negatives, shuffled. Half of the time the caption is filled to `max_labels`, else the
-    number of negatives is uniform in [0, max_labels - positives]."""
+    negatives sampled from `candidates` (default: every category), shuffled. Half of the time the
+    caption is filled to `max_labels`, else the number of negatives is uniform in
+    [0, max_labels - positives]."""
     pos = sorted(set(int(p) for p in positives))
     room = max(0, max_labels - len(pos))
-    pool = [c for c in range(len(categories)) if c not in set(pos)]
+    candidates = range(len(categories)) if candidates is None else candidates
+    pool = [c for c in candidates if c not in set(pos)]
     n_neg = min(len(pool), room if rng.random() < 0.5 else rng.randint(0, room))
     negatives: list[int] = []
     if n_neg and hard_share > 0 and pos:
@@ -311,23 +345,34 @@ class SampleText:
 
 
 def sample_text(record: PretrainRecord, categories: Sequence[str], rng: random.Random,
-                settings: TextSettings, grounding: bool) -> SampleText:
+                settings: TextSettings, grounding: bool,
+                category_groups: dict[str, list[int]] | None = None) -> SampleText:
     """The caption of one sample (see the module docstring): one of the record's captions when
-    `grounding` (and it has one), else a detection prompt. Draws from `rng` in a fixed pattern."""
+    `grounding` (and it has one), else a detection prompt, naming the boxes by their labels or
+    (chance `settings.attribute_share`) by one attribute, whose categories `category_groups`
+    lists. Draws from `rng` in a fixed pattern (no extra draw when attribute naming is off)."""
     usable = [c for c in record.captions if len(c.boxes)]
     pick = rng.randrange(len(usable)) if usable else 0
     if (grounding and usable) or (len(record.boxes) == 0 and usable):
         cap = usable[pick]
         phrases = [Phrase(cap.text[s:e], s, e) for s, e in cap.spans]
         return SampleText("grounding", cap.text, phrases, cap.boxes, cap.phrase_of_box)
-    labels = sample_detection_labels(record.labels.tolist(), categories, rng, settings.max_labels,
-                                     settings.hard_negative_share)
+    box_labels, candidates, hard_share = record.labels, None, settings.hard_negative_share
+    if category_groups:  # an attribute name is never a negative of a full name ("red" for a red circle)
+        grouped = {c for members in category_groups.values() for c in members}
+        candidates = [c for c in range(len(categories)) if c not in grouped]
+    attributes = sorted(a for a in record.attribute_labels if category_groups and a in category_groups)
+    if settings.attribute_share > 0 and attributes and rng.random() < settings.attribute_share:
+        attribute = attributes[rng.randrange(len(attributes))]
+        box_labels, candidates = record.attribute_labels[attribute], category_groups[attribute]
+    labels = sample_detection_labels(box_labels.tolist(), categories, rng, settings.max_labels,
+                                     hard_share, candidates)
     if not labels:
         raise GlipError("an image without boxes or captions cannot be a training sample")
     caption, phrases = detection_caption([categories[c] for c in labels])
     position = {c: i for i, c in enumerate(labels)}
     return SampleText("detection", caption, phrases, record.boxes,
-                      np.asarray([position[int(c)] for c in record.labels], dtype=np.int64))
+                      np.asarray([position[int(c)] for c in box_labels], dtype=np.int64))
 
 
 # -- samples and batches ---------------------------------------------------------------------------
@@ -402,7 +447,8 @@ class PretrainDataset(Dataset):
         rng = sample_rng(self.seed, epoch, position)
         record = self.source.record(index)
         scale, grounding = self.batch_plan(epoch, step)
-        text = sample_text(record, self.source.categories, rng, self.settings, grounding)
+        text = sample_text(record, self.source.categories, rng, self.settings, grounding,
+                           getattr(self.source, "category_groups", None))
         resize = TrainTransform(self.input_cfg, (scale,), self.input_cfg.max_size, flip_prob=0.0)
         tensor, boxes, (h, w) = resize(record.image, torch.from_numpy(np.array(text.boxes, np.float32)), rng)
         flip = self.augment and rng.random() < 0.5

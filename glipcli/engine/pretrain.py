@@ -104,6 +104,7 @@ class PretrainConfig:
     grounding_ratio: float = 0.5
     max_labels: int = 12
     hard_negatives: float = 0.5
+    attribute_labels: float = 0.0
     augment: bool = True
     dropout: bool = False
     calibration_steps: int = 20
@@ -144,7 +145,8 @@ class PretrainConfig:
 
     def text_settings(self, max_tokens: int = 256) -> TextSettings:
         return TextSettings(grounding_ratio=self.grounding_ratio, max_labels=self.max_labels,
-                            hard_negative_share=self.hard_negatives, max_tokens=max_tokens)
+                            hard_negative_share=self.hard_negatives, attribute_share=self.attribute_labels,
+                            max_tokens=max_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
