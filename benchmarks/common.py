@@ -58,7 +58,12 @@ def measure(fn: Callable[[], object], runs: int, warmup: int = 1) -> dict:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "times_s": times, "peak_rss_gib": peak_rss_gib()}
+    result = {"median_s": statistics.median(times), "times_s": times, "peak_rss_gib": peak_rss_gib()}
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        result["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 1024**3
+    return result
 
 
 def run_worker(script: Path, args: list[str], timeout: float = 3600) -> dict:
@@ -83,4 +88,5 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"

@@ -113,7 +113,8 @@ def main() -> None:
         results[case] = run_worker(Path(__file__), ["--case", case, "--runs", str(args.runs),
                                                     "--device", args.device, "--dtype", dtype])
         r = results[case]
-        print(f"  {case:18s} {r['median_s']:8.2f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB", flush=True)
+        gpu = f"   peak GPU memory {r['peak_gpu_gib']:5.2f} GiB" if "peak_gpu_gib" in r else ""
+        print(f"  {case:18s} {r['median_s']:8.3f} s   peak RSS {r['peak_rss_gib']:5.2f} GiB{gpu}", flush=True)
     print("\n| case | GLIP-T s | Grounding DINO-T s | ratio | GLIP-T peak RSS GiB | GDINO peak RSS GiB |")
     print("|---|---|---|---|---|---|")
     for case, r in results.items():
@@ -121,9 +122,9 @@ def main() -> None:
             continue
         base = results.get("gdino" + case[len("glip"):])
         if base is None:
-            print(f"| {case[5:]} | {r['median_s']:.2f} | - | - | {r['peak_rss_gib']:.2f} | - |")
+            print(f"| {case[5:]} | {r['median_s']:.3f} | - | - | {r['peak_rss_gib']:.2f} | - |")
         else:
-            print(f"| {case[5:]} | {r['median_s']:.2f} | {base['median_s']:.2f} | "
+            print(f"| {case[5:]} | {r['median_s']:.3f} | {base['median_s']:.3f} | "
                   f"{r['median_s'] / base['median_s']:.2f} | {r['peak_rss_gib']:.2f} | {base['peak_rss_gib']:.2f} |")
 
 

@@ -67,9 +67,9 @@ def main() -> None:
 
     print(f"machine: {machine_description()}; {args.preset}, {len(names)} classes in {len(plan.chunks)} chunks, "
           f"input {args.min_size}/{args.max_size}")
-    print(f"  first image (encodes the {len(plan.chunks)} chunk texts): {first:.1f} s")
-    print(f"  backbone once + head per chunk: {ours:.1f} s ({len(results[0].detections)} detections)")
-    print(f"  whole model per chunk (baseline): {naive:.1f} s")
+    print(f"  first image (encodes the {len(plan.chunks)} chunk texts): {first:.2f} s")
+    print(f"  backbone once + head per chunk: {ours:.2f} s ({len(results[0].detections)} detections)")
+    print(f"  whole model per chunk (baseline): {naive:.2f} s")
     print(f"  ratio: {ours / naive:.2f}; peak RSS {peak_rss_gib():.2f} GiB")
 
 

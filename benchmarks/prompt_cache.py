@@ -64,8 +64,8 @@ def main() -> None:
     print(f"machine: {machine_description()}; {args.preset}, {args.images} images, 80-class prompt "
           f"({prompt.num_tokens} tokens), input {args.min_size}/{args.max_size}")
     for reuse, (seconds, n) in timings.items():
-        print(f"  {'with' if reuse else 'without'} text reuse: {seconds:.1f} s total, "
-              f"{seconds / args.images:.2f} s/image, text encoder ran {n} times")
+        print(f"  {'with' if reuse else 'without'} text reuse: {seconds:.2f} s total, "
+              f"{seconds / args.images:.3f} s/image, text encoder ran {n} times")
     print(f"  ratio with/without: {timings[True][0] / timings[False][0]:.3f}; peak RSS {peak_rss_gib():.2f} GiB")
 
 

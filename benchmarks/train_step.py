@@ -66,8 +66,9 @@ def main() -> None:
     result = measure(step, runs=args.runs)
     print(f"machine: {machine_description()}; {args.preset} train step, batch {args.batch_size}, "
           f"{h}x{w}, {args.device} {args.dtype}")
-    print(f"median step {result['median_s']:.2f} s (runs {', '.join(f'{t:.2f}' for t in result['times_s'])}); "
-          f"peak RSS {result['peak_rss_gib']:.2f} GiB")
+    print(f"median step {result['median_s']:.3f} s (runs {', '.join(f'{t:.3f}' for t in result['times_s'])}); "
+          f"peak RSS {result['peak_rss_gib']:.2f} GiB"
+          + (f", peak GPU memory {result['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in result else ""))
 
 
 if __name__ == "__main__":
