@@ -95,30 +95,48 @@ class BiMultiHeadAttention(nn.Module):
         likewise probs_v @ (value_l_h Wo_h^T) folds the output projection into the L values, and
         probs_l @ (v Wvv_h^T + bvv_h) = (probs_l @ v) Wvv_h^T + rowsum(probs_l) bvv_h. The cost
         scales with heads x tokens rather than with the 2048-wide embedding.
+
+        The logits stay in the product's layout [B, N, heads x L]: the vision->text softmax runs
+        over its last axis (per head) and the text->vision softmax over N, so no [B, h, N, L]
+        tensor is ever permuted or copied (for 80 classes one is ~35M numbers a layer). The
+        official text->vision logits subtract their maximum and clamp again before the softmax;
+        after the subtraction every logit is <= 0 and one that the clamp would change is below
+        -50000, whose exponential is 0 either way, so that step is the softmax's own.
         """
         b, n, cv = v.shape
         heads, hd = self.num_heads, self.head_dim
         length = l.shape[1]
+        c = self.clamp_value
         key = self._heads(self.l_proj(l))  # [B, h, L, hd]
         wq = self.v_proj.weight.view(heads, hd, cv)  # rows of head h
         bq = self.v_proj.bias.view(heads, hd)
         # [B, h, Cv, L] and [B, h, L]
         query_key = torch.einsum("hdc,bhld->bhcl", wq, key) * self.scale
         query_bias = torch.einsum("hd,bhld->bhl", bq, key) * self.scale
-        logits = (v @ query_key.permute(0, 2, 1, 3).reshape(b, cv, heads * length))  # [B, N, h*L]
-        logits = logits.view(b, n, heads, length).permute(0, 2, 1, 3) + query_bias[:, :, None, :]
-        probs_v, probs_l = self._probabilities(logits, text_mask)
+        logits = torch.baddbmm(query_bias.reshape(b, 1, heads * length), v,
+                               query_key.permute(0, 2, 1, 3).reshape(b, cv, heads * length))  # [B, N, h*L]
+        grad = torch.is_grad_enabled() and logits.requires_grad
+        logits = logits.clamp(-c, c) if grad else logits.clamp_(-c, c)
+        probs_l = logits.softmax(dim=1)  # text->vision: over the N positions, per (head, token)
+        per_head = logits.view(b, n, heads, length)
+        if text_mask is not None and not bool(text_mask.all()):
+            # In float32 (the official code adds a float32 mask): -9e15 overflows float16.
+            per_head = per_head.float().masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
+        probs_v = per_head.softmax(dim=-1).to(probs_l.dtype).view(b, n, heads * length)
+        probs_v = F.dropout(probs_v, p=self.dropout, training=self.training)
+        probs_l = F.dropout(probs_l, p=self.dropout, training=self.training)
 
         value_l = self._heads(self.values_l_proj(l))  # [B, h, L, hd]
         wo = self.out_v_proj.weight.view(cv, heads, hd)
         value_out = torch.einsum("bhld,chd->bhlc", value_l, wo)  # [B, h, L, Cv]
-        out_v = probs_v.permute(0, 2, 1, 3).reshape(b, n, heads * length) @ value_out.reshape(b, heads * length, cv)
-        out_v = out_v + self.out_v_proj.bias
+        out_v = torch.baddbmm(self.out_v_proj.bias.view(1, 1, cv).expand(b, 1, cv), probs_v,
+                              value_out.reshape(b, heads * length, cv))
 
-        pooled = (probs_l.reshape(b, heads * length, n) @ v).view(b, heads, length, cv)
+        pooled = (probs_l.transpose(1, 2) @ v).view(b, heads, length, cv)  # [B, h, L, Cv]
         wvv = self.values_v_proj.weight.view(heads, hd, cv)
         value_v = torch.einsum("bhlc,hdc->bhld", pooled, wvv)
-        value_v = value_v + probs_l.sum(-1, keepdim=True) * self.values_v_proj.bias.view(1, heads, 1, hd)
+        column_sums = probs_l.sum(1).view(b, heads, length, 1)  # rowsum of the [L, N] probabilities
+        value_v = value_v + column_sums * self.values_v_proj.bias.view(1, heads, 1, hd)
         out_l = self.out_l_proj(self._merge(value_v))
         return out_v, out_l
 

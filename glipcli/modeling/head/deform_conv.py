@@ -41,6 +41,8 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).float()
     source = x.float()
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin).t()  # (tap, channel) rows
+    differentiable = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (x, offset, mask, weight) + ((bias,) if bias is not None else ()))
     slices = []
     # Positions are processed in slices so the [positions, 9, Cin] sample matrix stays small
     # (at P3 of an 800x1333 image it would otherwise be several hundred MB).
@@ -48,8 +50,16 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
         end = min(begin + _POSITIONS_PER_SLICE, h * w)
         samples = F.grid_sample(source, grid[:, begin:end], mode="bilinear", padding_mode="zeros",
                                 align_corners=False)  # [B, Cin, n, 9]
-        columns = (samples.permute(0, 2, 3, 1) * taps_mask[:, begin:end]).reshape(b, end - begin, 9 * cin)
-        slices.append(columns.to(kernel.dtype) @ kernel)
+        taps = samples.permute(0, 2, 3, 1)  # [B, n, 9, Cin], a view
+        if differentiable:
+            columns = (taps * taps_mask[:, begin:end]).reshape(b, end - begin, 9 * cin).to(kernel.dtype)
+        else:
+            # Written straight into the product's layout and dtype: an elementwise result would
+            # keep the permuted layout, and the reshape and the cast would each copy it again.
+            columns = torch.empty(b, end - begin, 9, cin, dtype=kernel.dtype, device=device)
+            torch.mul(taps, taps_mask[:, begin:end], out=columns)
+            columns = columns.view(b, end - begin, 9 * cin)
+        slices.append(columns @ kernel)
     out = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)  # [B, h*w, Cout]
     if bias is not None:
         out = out + bias
