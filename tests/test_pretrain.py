@@ -460,7 +460,8 @@ def test_bench_synthetic_end_to_end(tmp_path, capsys):
     save_safetensors(_tiny_model(), weights)
     out = tmp_path / "bench"
     args = ["bench", "synthetic", "--weights", str(weights), "--images", "3", "--train-images", "4",
-            "--valid-images", "2", "--shots", "1", "--epochs", "1", "--output", str(out), "--device", "cpu"]
+            "--valid-images", "2", "--shots", "1", "--epochs", "1", "--output", str(out), "--device", "cpu",
+            "--val-shots", "0", "--patience", "3"]
     assert main(args) == 0
     table = capsys.readouterr().out
     assert "synthetic: tiny.safetensors" in table and "AP50" in table and "target" in table
@@ -477,6 +478,10 @@ def test_bench_synthetic_end_to_end(tmp_path, capsys):
                                      "seen-shapes/plain", "seen-shapes/synonym", "seen-shapes/descriptive"}
     assert results["cells"]["novel-shape/prompt-tune"]["train_images"] >= 1
     assert not (out / "runs" / "novel-shape-full-1shot" / "model_best.safetensors").exists()
+    for task in ("full", "prompt"):  # the tuning runs got the bench's settings
+        start = json.loads((out / "runs" / f"novel-shape-{task}-1shot" / "log.jsonl").read_text().splitlines()[0])
+        assert start["config"]["val_shots"] == 0 and start["config"]["stop_patience"] == 3
+        assert start["config"]["epochs"] == 1 and start["config"]["shots"] == 1
     # a re-run reads the finished cells back; another model in the same folder is refused
     assert main(args) == 0
     other = tmp_path / "other.safetensors"

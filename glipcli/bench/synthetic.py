@@ -58,7 +58,10 @@ class SyntheticRequest:
     """seed: the held-out data's world seed; images: test images per set; train_images /
     valid_images: the novel-shape pools the K-shot subsets are drawn from; shots, train_seed:
     the K-shot subset (the engine's official sampler); epochs / batch_size: caps of the
-    fine-tuning schedule (None: official); eval_batch_size: images per evaluation pass."""
+    fine-tuning schedule (None: official); val_shots: the validation subset that picks the best
+    epoch (None: K shots, official; 0: the whole validation pool); patience: evaluations without a
+    better validation AP before a tuning run stops (None: official); eval_batch_size: images per
+    evaluation pass."""
 
     output: str | Path | None = None
     seed: int = 1
@@ -69,12 +72,15 @@ class SyntheticRequest:
     train_seed: int = 3
     epochs: int | None = None
     batch_size: int | None = None
+    val_shots: int | None = None
+    patience: int | None = None
     eval_batch_size: int = 4
     keep_weights: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("seed", 0), ("images", 1), ("train_images", 1), ("valid_images", 1), ("shots", 1),
-                          ("train_seed", 0), ("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1)):
+                          ("train_seed", 0), ("epochs", 1), ("batch_size", 1), ("val_shots", 0), ("patience", 1),
+                          ("eval_batch_size", 1)):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise GlipError(f"--{name.replace('_', '-')} must be a whole number >= {low} (got {value!r})")
@@ -82,7 +88,8 @@ class SyntheticRequest:
     def data_identity(self) -> dict[str, Any]:
         return {"seed": self.seed, "images": self.images, "train_images": self.train_images,
                 "valid_images": self.valid_images, "shots": self.shots, "train_seed": self.train_seed,
-                "epochs": self.epochs, "batch_size": self.batch_size}
+                "epochs": self.epochs, "batch_size": self.batch_size, "val_shots": self.val_shots,
+                "patience": self.patience}
 
 
 @dataclass
@@ -219,6 +226,10 @@ class _Bench:
             options["epochs"] = req.epochs
         if req.batch_size is not None:
             options["batch_size"] = req.batch_size
+        if req.val_shots is not None:
+            options["val_shots"] = req.val_shots
+        if req.patience is not None:
+            options["stop_patience"] = req.patience
         options["eval_batch_size"] = req.eval_batch_size
         run_dir = self.out / RUNS_DIR / f"novel-shape-{task}-{req.shots}shot"
         resume = checkpointing.latest(run_dir) is not None

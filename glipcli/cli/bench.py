@@ -223,6 +223,11 @@ def synthetic(
     epochs: Annotated[Optional[int], typer.Option(min=1, help="Epoch cap of the tuning runs (default: official "
                                                               "200 with early stopping).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
+    val_shots: Annotated[Optional[int], typer.Option(
+        min=0, help="Validation images' K-shot subset that picks the best epoch (default: --shots, official; "
+                    "0: the whole validation pool).")] = None,
+    patience: Annotated[Optional[int], typer.Option(
+        min=1, help="Evaluations without a better validation AP before a tuning run stops (default: official 8).")] = None,
     eval_batch_size: EvalBatchOpt = 4,
     keep_weights: Annotated[bool, typer.Option(help="Keep the tuned weights and checkpoints.")] = False,
     device: DeviceOpt = "auto",
@@ -238,7 +243,8 @@ def synthetic(
         model = "nano"
     request = SyntheticRequest(output=output, seed=seed, images=images, train_images=train_images,
                                valid_images=valid_images, shots=shots, train_seed=train_seed, epochs=epochs,
-                               batch_size=batch_size, eval_batch_size=eval_batch_size, keep_weights=keep_weights)
+                               batch_size=batch_size, val_shots=val_shots, patience=patience,
+                               eval_batch_size=eval_batch_size, keep_weights=keep_weights)
     report = run_synthetic(request, _model(model, weights, config, device, "float32"),
                            console=None if quiet else stderr, progress=not quiet)
     if not quiet:

@@ -41,6 +41,9 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).float()
     source = x.float()
     kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin).t()  # (tap, channel) rows
+    columns_dtype = kernel.dtype
+    if torch.is_autocast_enabled(device.type):  # the product will run in the autocast dtype: write that
+        columns_dtype = torch.get_autocast_dtype(device.type)
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, offset, mask, weight) + ((bias,) if bias is not None else ()))
     slices = []
@@ -56,7 +59,7 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
         else:
             # Written straight into the product's layout and dtype: an elementwise result would
             # keep the permuted layout, and the reshape and the cast would each copy it again.
-            columns = torch.empty(b, end - begin, 9, cin, dtype=kernel.dtype, device=device)
+            columns = torch.empty(b, end - begin, 9, cin, dtype=columns_dtype, device=device)
             torch.mul(taps, taps_mask[:, begin:end], out=columns)
             columns = columns.view(b, end - begin, 9 * cin)
         slices.append(columns @ kernel)
