@@ -1,3 +1,3 @@
-from glipcli.modeling.language.bert import LanguageBackbone, TextFeatures, bert_config
+from glipcli.modeling.language.bert import LanguageBackbone, TextFeatures
 
-__all__ = ["LanguageBackbone", "TextFeatures", "bert_config"]
+__all__ = ["LanguageBackbone", "TextFeatures"]

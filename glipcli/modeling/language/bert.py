@@ -1,4 +1,4 @@
-"""BERT text encoder, built from a config (no hub access needed)."""
+"""The language backbone: a BERT text encoder built from a config (no hub access needed)."""
 
 from __future__ import annotations
 
@@ -6,29 +6,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertConfig, BertModel
 
 from glipcli.config import LanguageConfig
-
-
-def bert_config(cfg: LanguageConfig) -> BertConfig:
-    """The transformers `BertConfig` equivalent of our `LanguageConfig`."""
-    config = BertConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        hidden_act="gelu",
-        hidden_dropout_prob=cfg.hidden_dropout,
-        attention_probs_dropout_prob=cfg.attention_dropout,
-        max_position_embeddings=cfg.max_position_embeddings,
-        type_vocab_size=cfg.type_vocab_size,
-        layer_norm_eps=cfg.layer_norm_eps,
-        pad_token_id=0,
-    )
-    config._attn_implementation = "sdpa"
-    return config
+from glipcli.modeling.language.bert_layers import BertEncoder
 
 
 @dataclass
@@ -48,20 +28,18 @@ class TextFeatures:
 
 
 class LanguageBackbone(nn.Module):
-    """`transformers.BertModel` (no pooler) -> `TextFeatures` exactly as the official GLIP
-    language backbone: features of the last layer, masked copy, and masked mean."""
+    """BERT (no pooler; `transformers.BertModel`'s parameter names) -> `TextFeatures` exactly as
+    the official GLIP language backbone: features of the last layer, masked copy, masked mean.
+    Our own few lines rather than `transformers.BertModel`, whose import alone costs ~0.2 GiB and
+    seconds (it pulls in torch's compiler and distributed stacks)."""
 
     def __init__(self, cfg: LanguageConfig):
         super().__init__()
-        self.bert = BertModel(bert_config(cfg), add_pooling_layer=False)
+        self.bert = BertEncoder(cfg)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
         """input_ids, attention_mask: [B, L] int64."""
-        hidden = self.bert(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=torch.zeros_like(input_ids),
-        ).last_hidden_state
+        hidden = self.bert(input_ids, attention_mask)
         mask_f = attention_mask.unsqueeze(-1).to(hidden.dtype)
         embedded = hidden * mask_f
         aggregate = embedded.sum(1) / attention_mask.sum(-1, keepdim=True).to(hidden.dtype)
