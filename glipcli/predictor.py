@@ -7,8 +7,9 @@
     >>> (g,) = predictor.ground("cafe.jpg", "[a woman] holding [a cup of coffee]", top_k=1)
     >>> g.phrases[1].text, g.phrases[1].boxes[0].score
 
-Images are loaded ahead by a few threads and batched by size (`glipcli.data.batching`); the
-model runs under autocast when a reduced `dtype` is chosen; post-processing runs in float32.
+Images are loaded ahead by a few threads and batched by size (`glipcli.data.batching`). A
+reduced `dtype` runs with the weights cast to it on the CPU and under autocast on GPUs;
+post-processing runs in float32.
 """
 
 from __future__ import annotations
@@ -102,13 +103,22 @@ def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
 class GLIPPredictor:
     """Zero-shot detection (class names) and phrase grounding (caption + spans) with a GLIP model.
 
-    device: `cpu`, `cuda[:N]`, `mps` or `auto`; dtype: `float32`, `float16` or `bfloat16`
-    (autocast; the weights stay float32)."""
+    device: `cpu`, `cuda[:N]`, `mps` or `auto`; dtype: `float32`, `float16` or `bfloat16`.
+    cast_weights: run a reduced dtype with the model's weights cast to it once (in place: the
+    predictor then owns the model) instead of under autocast (weights stay float32 and are cast
+    at every call). None: cast on the CPU, where autocast's per-call casts cost more than they
+    save and the weights' memory halves; autocast on GPUs."""
 
-    def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32"):
+    def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
+                 cast_weights: bool | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
+        if cast_weights is None:
+            cast_weights = self.device.type == "cpu"
+        self.cast_weights = bool(cast_weights) and self.dtype != torch.float32
         self.model = model.to(self.device).eval()
+        if self.cast_weights:
+            self.model.to(self.dtype)
         self.cfg = model.cfg
         self.postprocessor = ATSSPostProcessor(self.cfg.postprocess)
         self._text_cache: dict[tuple[tuple[int, ...], torch.dtype], TextFeatures] = {}
@@ -166,12 +176,16 @@ class GLIPPredictor:
         n = prompt.num_tokens
         key = (tuple(prompt.input_ids[0, :n].tolist()), self.dtype)
         if key not in self._text_cache:
-            with torch.inference_mode(), autocast(self.device, self.dtype):
+            with torch.inference_mode(), self._autocast():
                 self._text_cache[key] = self.model.encode_text(
                     prompt.input_ids[:, :n].to(self.device), prompt.attention_mask[:, :n].to(self.device))
         return self._text_cache[key]
 
     # -- inference -----------------------------------------------------------------------------
+    def _autocast(self):
+        """Autocast for a reduced dtype, unless the weights themselves are in it."""
+        return autocast(self.device, torch.float32 if self.cast_weights else self.dtype)
+
     @torch.inference_mode()
     def detect_tensor(self, images: torch.Tensor, image_sizes: list[tuple[int, int]],
                       prompt: EncodedPrompt, cap: bool = True) -> list[Detections]:
@@ -179,9 +193,9 @@ class GLIPPredictor:
 
         cap: keep the official per-image maximum (cfg.postprocess.max_detections) over all
         phrases; False keeps every detection surviving per-phrase NMS (grounding uses this, so
-        a phrase is never crowded out by another's many boxes). The model runs under autocast
-        for a reduced dtype; its outputs are cast to float32 before post-processing, so boxes
-        and scores are always float32."""
+        a phrase is never crowded out by another's many boxes). With a reduced dtype the model's
+        outputs are cast to float32 before post-processing, so boxes and scores are always
+        float32."""
         return self.detect_tensor_prompts(images, image_sizes, [prompt], cap=cap)[0]
 
     @torch.inference_mode()
@@ -190,12 +204,12 @@ class GLIPPredictor:
         """`detect_tensor` for several prompts over the same images (e.g. the chunks of a long
         class list): the image backbone, which does not depend on the text, runs once.
         Returns, per prompt, the detections of each image."""
-        with autocast(self.device, self.dtype):
-            features = self.model.backbone(images.to(self.device))
+        with self._autocast():
+            features = self.model.backbone(images.to(self.device, self.dtype if self.cast_weights else None))
         results = []
         for prompt in prompts:
             text = self.text_features(prompt)
-            with autocast(self.device, self.dtype):
+            with self._autocast():
                 outputs = self.model.forward_head(features, text)
             head = outputs.head
             args = ([r.float() for r in head.box_regression], [c.float() for c in head.centerness],

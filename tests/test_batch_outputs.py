@@ -142,9 +142,19 @@ def test_mixed_size_batch_is_close(predictor, images, alone):
     assert all(0 <= d.box_xyxy[0] <= d.box_xyxy[2] <= 400 for d in crop.detections)
 
 
+@pytest.mark.parametrize("cast_weights", [False, True], ids=["autocast", "cast-weights"])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_autocast_is_close_and_post_processing_stays_float32(golden_dir, alone, images, dtype):
-    predictor = GLIPPredictor(golden_model(str(golden_dir / "tiny")), dtype=dtype)
+def test_reduced_precision_is_close_and_post_processing_stays_float32(golden_dir, alone, images, dtype,
+                                                                      cast_weights):
+    import copy
+
+    model = copy.deepcopy(golden_model(str(golden_dir / "tiny")))  # a cast would change the shared one
+    predictor = GLIPPredictor(model, dtype=dtype, cast_weights=cast_weights)
+    weights = {p.dtype for p in model.parameters()}
+    assert weights == ({resolve_dtype(dtype)} if cast_weights else {torch.float32})
+    assert predictor.cast_weights == cast_weights
+    if cast_weights:  # the default on the CPU
+        assert GLIPPredictor(copy.deepcopy(model), dtype=dtype).cast_weights
     (result,) = predictor.predict(images["golden"], CLASSES)
     ref = alone["golden"]
     assert len(result.detections) == len(ref.detections)

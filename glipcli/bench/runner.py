@@ -196,7 +196,8 @@ class _Runner:
         from glipcli.predictor import GLIPPredictor
 
         if self._predictor is None:
-            self._predictor = GLIPPredictor(self.base(), device=self.device, dtype=self.dtype)
+            # autocast, never cast weights: the base model is also the start of every tuning run
+            self._predictor = GLIPPredictor(self.base(), device=self.device, dtype=self.dtype, cast_weights=False)
         return self._predictor
 
     def release_predictor(self) -> None:
@@ -289,7 +290,7 @@ class _Runner:
         if key.mode == "prompt":
             adapter = load_adapter(best)
             handle = adapter.attach(model, source=str(best))
-        predictor = GLIPPredictor(model, device=self.device, dtype=self.dtype)
+        predictor = GLIPPredictor(model, device=self.device, dtype=self.dtype, cast_weights=False)
         try:
             metrics, info = evaluate(predictor, d, eval_split, spec, self, _label(key))
         finally:
