@@ -157,3 +157,36 @@ def test_minilm_refuses_a_text_encoder_of_other_sizes():
     smaller = LanguageBackbone(LanguageConfig(hidden_size=384, num_layers=2, num_heads=12, intermediate_size=1536))
     with pytest.raises(GlipError, match="does not fit this model's text encoder.*unexpected encoder.layer.2"):
         load_minilm(smaller)
+
+
+# -- the shipped weights -----------------------------------------------------------------------------
+@needs_minilm
+def test_shipped_nano_finds_the_example_shapes_offline(offline, tmp_path, capsys):
+    """The README's first example: `glip detect examples/shapes.png ... --model nano` on a fresh
+    install. Each class's best box is its object (the image's layout is `make_example_image.py`)."""
+    from pathlib import Path
+
+    from torchvision.ops import box_iou
+
+    from glipcli.cli.main import main
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_example_image", root / "examples" / "make_example_image.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    image = tmp_path / "shapes.png"
+    assert maker.main([str(image)]) == 0
+    assert image.read_bytes() == (root / "examples" / "shapes.png").read_bytes()  # the committed image is this one
+    truth = {line.rsplit(" [", 1)[0]: [float(v) for v in line.rsplit(" [", 1)[1].rstrip("]").split(", ")]
+             for line in capsys.readouterr().out.split(": ", 1)[1].strip().split("; ")}
+    out = tmp_path / "out.json"
+    prompt = ". ".join(truth)
+    assert main(["detect", str(image), "-p", prompt, "--model", "nano", "--box-threshold", "0.5",
+                 "--json", str(out), "-q"]) == 0
+    detections = json.loads(out.read_text())[0]["detections"]
+    for name, (x, y, w, h) in truth.items():
+        mine = [d for d in detections if d["label"] == name]
+        assert mine, f"no {name} above 0.5"
+        best = max(mine, key=lambda d: d["score"])
+        iou = box_iou(torch.tensor([best["box_xyxy"]]), torch.tensor([[x, y, x + w, y + h]])).item()
+        assert iou >= 0.7, (name, best, iou)

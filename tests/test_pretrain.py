@@ -249,6 +249,17 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path):
     assert result.model_path == tmp_path / "run" / "model.safetensors" and result.model_path.is_file()
 
 
+def test_schedule_steps_replays_a_run_cut_short_by_its_budget(tmp_path):
+    """`--steps N --schedule-steps H`: the learning rate follows an H-step schedule, the run stops at N."""
+    source = _world(images=4)
+    cfg = _config(steps=4, schedule_steps=10, batch_size=2, warmup_steps=2)
+    result = Pretrainer(_tiny_model(), source, cfg, tmp_path / "run", progress=False).fit()
+    assert result.state.global_step == 4 and result.state.horizon == 10 and result.state.stop_reason == "steps"
+    lrs = [e["lr"] for e in _log(tmp_path / "run") if e["event"] == "step"]
+    assert lrs == pytest.approx([cfg.lr * lr_factor(k, 10, cfg) for k in range(4)])
+    assert lr_factor(3, 10, cfg) > lr_factor(3, 4, cfg)  # not the 4-step schedule
+
+
 @pytest.mark.slow
 def test_tiny_pretraining_learns_to_detect_its_images(tmp_path):
     """End to end (about 30 s): detection prompts, boxes and token targets are right if a tiny model
@@ -488,3 +499,25 @@ def test_bench_synthetic_end_to_end(tmp_path, capsys):
     save_safetensors(_tiny_model(seed=1), other)
     assert main([*args[:3], str(other), *args[4:]]) == 2
     assert "another model" in capsys.readouterr().err
+
+
+def test_synthetic_table_judges_prompt_tuning_only_against_a_real_fine_tuning_gain():
+    from glipcli.bench.synthetic import table_rows
+
+    def cells(zero, full, prompt):
+        out = {f"{s}/{w}": {"metrics": {"AP": 0.1, "AP50": 0.6}, "caption": "x"}
+               for s in ("unseen-combos", "seen-shapes") for w in ("plain", "synonym", "descriptive")}
+        for name, ap50 in (("zero-shot", zero), ("finetune", full), ("prompt-tune", prompt)):
+            out[f"novel-shape/{name}"] = {"metrics": {"AP": 0.1, "AP50": ap50}}
+        return out
+
+    def recovery(rows):
+        return next(r for r in rows if r.setting == "prompt-tuning gain recovered")
+
+    real = table_rows(cells(0.3, 0.7, 0.6), 5)  # gain 0.4, prompt tuning recovers 75%
+    assert recovery(real).value == "75%" and recovery(real).met is True
+    assert next(r for r in real if r.target.startswith("AP50 gain")).met is True
+    weak = table_rows(cells(0.38, 0.39, 0.44), 5)  # a gain of 0.01: a share of it means nothing
+    assert recovery(weak).met is None and "n/a" in recovery(weak).value
+    assert table_rows(cells(0.4, 0.3, 0.5), 5)[-7].value == "n/a (no fine-tuning gain)"
+    assert real[0].met is True and real[0].ap50 == 0.6  # unseen combinations, zero-shot

@@ -38,6 +38,10 @@ def pretrain(
     minutes: Annotated[Optional[float], typer.Option(
         help="Wall-clock budget: the run stops cleanly before it and saves. Alone, the schedule's length is set "
              "from the step time measured over the first steps.", rich_help_panel=LENGTH)] = None,
+    schedule_steps: Annotated[Optional[int], typer.Option(
+        help="Length of the learning-rate schedule in steps when it differs from --steps (replays a "
+             "budgeted run exactly: its export records '--steps N --schedule-steps H').",
+        rich_help_panel=LENGTH)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 8)",
                                                       rich_help_panel=RECIPE)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate. (default: 4e-4)",
@@ -60,7 +64,7 @@ def pretrain(
         rich_help_panel=RECIPE)] = None,
     attribute_labels: Annotated[Optional[float], typer.Option(
         help="Share of detection prompts naming the boxes by one attribute ('circle. square.' or 'red. blue.') "
-             "instead of the full name, where the data has such labels (the synthetic world). (default: 0)",
+             "instead of the full name, where the data has such labels (the synthetic world). (default: 0.25)",
         rich_help_panel=RECIPE)] = None,
     augment: Annotated[Optional[bool], typer.Option(
         "--augment/--no-augment", help="Multi-scale resize + horizontal flip. (default: on)",
@@ -106,7 +110,8 @@ def pretrain(
 
         check_writable(export, overwrite)
     given: dict[str, Any] = dict(
-        seed=seed, steps=steps, epochs=epochs, minutes=minutes, batch_size=batch_size, lr=lr,
+        seed=seed, steps=steps, epochs=epochs, minutes=minutes, schedule_steps=schedule_steps,
+        batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grounding_ratio=grounding_ratio,
         max_labels=max_labels, hard_negatives=hard_negatives, attribute_labels=attribute_labels, augment=augment, dropout=dropout,
         mixed_precision=mixed_precision,
@@ -149,7 +154,10 @@ def pretrain(
 
         summary = {"steps": result.state.global_step, "images": result.state.samples,
                    "train_seconds": round(result.state.train_seconds, 1), "seed": config.seed,
-                   "stop_reason": result.state.stop_reason, "source": source.describe()}
+                   "stop_reason": result.state.stop_reason, "schedule_steps": result.state.horizon,
+                   "source": source.describe(), "recipe": config.to_dict(),
+                   "replay": f"--seed {config.seed} --steps {result.state.global_step} "
+                             f"--schedule-steps {result.state.horizon}"}
         path = export_weights(trainer.model, export, extra_metadata={"glip_pretrain": json.dumps(summary)})
         stderr.print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, float16, without the text encoder)",
                      highlight=False, markup=False, soft_wrap=True)

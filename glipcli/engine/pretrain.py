@@ -91,6 +91,7 @@ class PretrainConfig:
     steps: int | None = None
     epochs: int | None = None
     minutes: float | None = None
+    schedule_steps: int | None = None
     batch_size: int = 8
     lr: float = 4e-4
     weight_decay: float = 0.05
@@ -104,7 +105,7 @@ class PretrainConfig:
     grounding_ratio: float = 0.5
     max_labels: int = 12
     hard_negatives: float = 0.5
-    attribute_labels: float = 0.0
+    attribute_labels: float = 0.25
     augment: bool = True
     dropout: bool = False
     calibration_steps: int = 20
@@ -115,9 +116,10 @@ class PretrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps is None and self.epochs is None and self.minutes is None:
+        if self.steps is None and self.epochs is None and self.minutes is None and self.schedule_steps is None:
             raise GlipError("say how long to pre-train: --steps N, --epochs N or --minutes M")
-        for name, low in (("seed", 0), ("steps", 1), ("epochs", 1), ("batch_size", 1), ("warmup_steps", 0),
+        for name, low in (("seed", 0), ("steps", 1), ("epochs", 1), ("schedule_steps", 1), ("batch_size", 1),
+                          ("warmup_steps", 0),
                           ("max_labels", 1), ("calibration_steps", 1), ("log_every", 1), ("text_cache", 0),
                           ("num_workers", 0)):
             value = getattr(self, name)
@@ -464,6 +466,8 @@ class Pretrainer:
                                        acc.num_processes, acc.process_index)
         if cfg.steps is not None:
             self.state.horizon = cfg.steps
+        if cfg.schedule_steps is not None:  # the schedule's length, whatever stops the run
+            self.state.horizon = cfg.schedule_steps
         if cfg.epochs is not None:
             by_epochs = cfg.epochs * len(self.batches)
             self.state.horizon = by_epochs if self.state.horizon is None else min(self.state.horizon, by_epochs)
@@ -632,6 +636,9 @@ class Pretrainer:
     def _should_stop(self, before_step: bool) -> bool:
         """Horizon reached, time budget spent, or a stop requested (after a step)."""
         st = self.state
+        if self.config.steps is not None and st.global_step >= self.config.steps:
+            st.stop_reason, st.finished = st.stop_reason or "steps", True
+            return True
         if st.horizon is not None and st.global_step >= st.horizon:
             st.stop_reason = st.stop_reason or ("steps" if self.config.steps is not None and st.horizon == self.config.steps
                                                 else "epochs" if self.config.epochs is not None else "schedule")

@@ -135,8 +135,11 @@ class BiMultiHeadAttention(nn.Module):
         pooled = (probs_l.transpose(1, 2) @ v).view(b, heads, length, cv)  # [B, h, L, Cv]
         wvv = self.values_v_proj.weight.view(heads, hd, cv)
         value_v = torch.einsum("bhlc,hdc->bhld", pooled, wvv)
-        column_sums = probs_l.sum(1).view(b, heads, length, 1)  # rowsum of the [L, N] probabilities
-        value_v = value_v + column_sums * self.values_v_proj.bias.view(1, heads, 1, hd)
+        bias = self.values_v_proj.bias.view(1, heads, 1, hd)
+        if self.training and self.dropout > 0:  # dropped probabilities no longer sum to one
+            value_v = value_v + probs_l.sum(1).view(b, heads, length, 1) * bias
+        else:  # a softmax over N sums to one: skip a pass over [N, heads x L]
+            value_v = value_v + bias
         out_l = self.out_l_proj(self._merge(value_v))
         return out_v, out_l
 
