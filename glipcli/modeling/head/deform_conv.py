@@ -1,8 +1,8 @@
 """Modulated deformable 3x3 convolution (DCNv2) with two interchangeable kernels.
 
 `torchvision.ops.deform_conv2d` is the reference. On CPU a formulation with
-`F.grid_sample` (bilinear sampling of the 9 taps, zero outside the image) followed by one
-matrix product is faster; both compute the same function (the sampling rule "zero outside
+`F.grid_sample` (bilinear sampling of each tap, zero outside the image) and one matrix product
+per tap is faster; both compute the same function (the sampling rule "zero outside
 (-1, H) x (-1, W), bilinear inside" is exactly grid_sample's bilinear sampling with zeros padding).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_POSITIONS_PER_SLICE = 4096
 _TAP_DY = (-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
 _TAP_DX = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0)
 
@@ -20,7 +19,13 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
                                weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1
                                ) -> torch.Tensor:
     """x: [B, Cin, H, W]; offset: [B, 18, h, w] ((dy, dx) per tap, row-major taps);
-    mask: [B, 9, h, w]; weight: [Cout, Cin, 3, 3]; padding 1. Returns [B, Cout, h, w]."""
+    mask: [B, 9, h, w]; weight: [Cout, Cin, 3, 3]; padding 1. Returns [B, Cout, h, w].
+
+    Tap by tap: sample the input at the tap's positions ([B, Cin, h*w], the layout grid_sample
+    writes), modulate by the tap's mask (a contiguous broadcast), and accumulate W_tap @ samples
+    into [B, Cout, h*w], already the output's layout. Nothing is ever transposed, and the
+    working set is one tap's samples (an im2col matrix of all nine taps would be 9x larger and
+    need a transposing copy)."""
     b, cin, height, width = x.shape
     h, w = offset.shape[-2:]
     offset = offset.float()  # pixel coordinates need float32 even when the model runs in 16 bits
@@ -29,44 +34,33 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     tap_dx = torch.tensor(_TAP_DX, dtype=dtype, device=device).view(1, 9, 1, 1)
     rows = (torch.arange(h, dtype=dtype, device=device) * stride).view(1, 1, h, 1)
     cols = (torch.arange(w, dtype=dtype, device=device) * stride).view(1, 1, 1, w)
-    y = rows + tap_dy + offset[:, 0::2]  # [B, 9, h, w]
-    xx = cols + tap_dx + offset[:, 1::2]
     # Normalised coordinates for align_corners=False (pixel i spans [i-0.5, i+0.5]); unlike
     # align_corners=True this also maps positions correctly when a side has a single pixel.
-    gx = (2.0 * xx + 1.0) / width - 1.0
-    gy = (2.0 * y + 1.0) / height - 1.0
+    gy = (2.0 * (rows + tap_dy + offset[:, 0::2]) + 1.0) / height - 1.0  # [B, 9, h, w]
+    gx = (2.0 * (cols + tap_dx + offset[:, 1::2]) + 1.0) / width - 1.0
+    grid = torch.stack((gx, gy), dim=-1).view(b, 9, 1, h * w, 2)
+    taps_mask = mask.float().reshape(b, 9, 1, h * w)
     # Sampling runs in float32 (torch's reduced-precision grid_sample CPU kernels are far slower,
-    # and coordinates need the precision); the matrix product runs in the weights' dtype.
-    grid = torch.stack((gx, gy), dim=-1).permute(0, 2, 3, 1, 4).reshape(b, h * w, 9, 2).float()
-    taps_mask = mask.permute(0, 2, 3, 1).reshape(b, h * w, 9, 1).float()
-    source = x.float()
-    kernel = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], 9 * cin).t()  # (tap, channel) rows
-    columns_dtype = kernel.dtype
-    if torch.is_autocast_enabled(device.type):  # the product will run in the autocast dtype: write that
-        columns_dtype = torch.get_autocast_dtype(device.type)
+    # and coordinates need the precision) on a channels-last copy (faster, the same values).
+    source = x.to(torch.float32, memory_format=torch.channels_last)
+    kernel = weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], cin)  # [tap, Cout, Cin]
+    if torch.is_autocast_enabled(device.type):  # the products will run in the autocast dtype
+        product_dtype = torch.get_autocast_dtype(device.type)
+    else:
+        product_dtype = kernel.dtype
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, offset, mask, weight) + ((bias,) if bias is not None else ()))
-    slices = []
-    # Positions are processed in slices so the [positions, 9, Cin] sample matrix stays small
-    # (at P3 of an 800x1333 image it would otherwise be several hundred MB).
-    for begin in range(0, h * w, _POSITIONS_PER_SLICE):
-        end = min(begin + _POSITIONS_PER_SLICE, h * w)
-        samples = F.grid_sample(source, grid[:, begin:end], mode="bilinear", padding_mode="zeros",
-                                align_corners=False)  # [B, Cin, n, 9]
-        taps = samples.permute(0, 2, 3, 1)  # [B, n, 9, Cin], a view
-        if differentiable:
-            columns = (taps * taps_mask[:, begin:end]).reshape(b, end - begin, 9 * cin).to(kernel.dtype)
-        else:
-            # Written straight into the product's layout and dtype: an elementwise result would
-            # keep the permuted layout, and the reshape and the cast would each copy it again.
-            columns = torch.empty(b, end - begin, 9, cin, dtype=columns_dtype, device=device)
-            torch.mul(taps, taps_mask[:, begin:end], out=columns)
-            columns = columns.view(b, end - begin, 9 * cin)
-        slices.append(columns @ kernel)
-    out = slices[0] if len(slices) == 1 else torch.cat(slices, dim=1)  # [B, h*w, Cout]
+    out = None
+    for tap in range(9):
+        samples = F.grid_sample(source, grid[:, tap], mode="bilinear", padding_mode="zeros",
+                                align_corners=False).view(b, cin, h * w)
+        modulation = taps_mask[:, tap : tap + 1].view(b, 1, h * w)
+        samples = samples * modulation if differentiable else samples.mul_(modulation)
+        contribution = torch.matmul(kernel[tap], samples.to(product_dtype)).float()  # [B, Cout, h*w]
+        out = contribution if out is None else out + contribution if differentiable else out.add_(contribution)
     if bias is not None:
-        out = out + bias
-    return out.transpose(1, 2).reshape(b, -1, h, w)
+        out = out + bias.float().view(1, -1, 1)
+    return out.to(weight.dtype).view(b, -1, h, w)  # accumulated in float32, returned in the weights' dtype
 
 
 def modulated_deform_conv3x3(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
