@@ -44,7 +44,7 @@ from typing import Any
 
 from glipcli.bench.detect_eval import (dataset_prompt_spec, evaluate_split, map_classes, relabel_spec)
 from glipcli.bench.layout import BenchDataset
-from glipcli.bench.model import BenchModel, default_output
+from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
 from glipcli.bench.results import (ALL_DATA, MODES, ZERO_SHOT, CellKey, CellResult, ResultsStore, Summary,
                                    TableFiles, summarize)
@@ -169,15 +169,14 @@ class _Runner:
         self.req = req
         self.choice = model
         self.console = console
-        self.show_progress = progress and console is not None and getattr(console, "is_terminal", False)
+        self.show_progress = shows_progress(console, progress)
         self.device, self.dtype = model.check_device()
         self._base = None
         self._predictor = None
 
     # -- output ---------------------------------------------------------------------------------------
     def say(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        say(self.console, text)
 
     def progress_bar(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -40,7 +40,7 @@ from glipcli.bench import paper
 from glipcli.bench.coco_eval import coco_box_ap, load_ground_truth
 from glipcli.bench.detect_eval import (dataset_prompt_spec, detection_results, image_paths, map_classes,
                                        require_evaluable)
-from glipcli.bench.model import BenchModel, default_output
+from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.bench.paper import PaperValue
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
@@ -203,14 +203,13 @@ class _Session:
                  configure: Callable[[Any], Any] | None = None):
         self.choice = model
         self.console = console
-        self.show_progress = progress and console is not None and getattr(console, "is_terminal", False)
+        self.show_progress = shows_progress(console, progress)
         self.device, self.dtype = model.check_device()
         self.configure = configure
         self._predictor = None
 
     def say(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        say(self.console, text)
 
     def predictor(self):
         if self._predictor is None:

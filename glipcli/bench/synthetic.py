@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.model import BenchModel, default_output
+from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 
@@ -165,14 +165,13 @@ class _Bench:
         self.req = req
         self.choice = choice
         self.console = console
-        self.progress = progress and console is not None and getattr(console, "is_terminal", False)
+        self.progress = shows_progress(console, progress)
         self.device, _ = choice.check_device()
         self.out = Path(req.output) if req.output is not None else default_output("synthetic", choice)
         self._base = None
 
     def say(self, text: str) -> None:
-        if self.console is not None:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        say(self.console, text)
 
     def base(self):
         if self._base is None:

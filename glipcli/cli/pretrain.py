@@ -40,7 +40,7 @@ def pretrain(
              "from the step time measured over the first steps.", rich_help_panel=LENGTH)] = None,
     schedule_steps: Annotated[Optional[int], typer.Option(
         help="Length of the learning-rate schedule in steps when it differs from --steps (replays a "
-             "budgeted run exactly: its export records '--steps N --schedule-steps H').",
+             "budgeted run step for step: its export records '--steps N --schedule-steps H').",
         rich_help_panel=LENGTH)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 8)",
                                                       rich_help_panel=RECIPE)] = None,

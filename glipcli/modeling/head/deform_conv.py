@@ -44,10 +44,6 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     # and coordinates need the precision) on a channels-last copy (faster, the same values).
     source = x.to(torch.float32, memory_format=torch.channels_last)
     kernel = weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], cin)  # [tap, Cout, Cin]
-    if torch.is_autocast_enabled(device.type):  # the products will run in the autocast dtype
-        product_dtype = torch.get_autocast_dtype(device.type)
-    else:
-        product_dtype = kernel.dtype
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, offset, mask, weight) + ((bias,) if bias is not None else ()))
     out = None
@@ -56,7 +52,8 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
                                 align_corners=False).view(b, cin, h * w)
         modulation = taps_mask[:, tap : tap + 1].view(b, 1, h * w)
         samples = samples * modulation if differentiable else samples.mul_(modulation)
-        contribution = torch.matmul(kernel[tap], samples.to(product_dtype)).float()  # [B, Cout, h*w]
+        # in the weights' dtype (under autocast, matmul itself casts to the autocast dtype)
+        contribution = torch.matmul(kernel[tap], samples.to(kernel.dtype)).float()  # [B, Cout, h*w]
         out = contribution if out is None else out + contribution if differentiable else out.add_(contribution)
     if bias is not None:
         out = out + bias.float().view(1, -1, 1)
