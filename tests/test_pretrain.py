@@ -193,11 +193,11 @@ def test_lr_schedule_warms_up_then_decays():
     assert [lr_factor(s, 100, step) for s in (20, 67, 89)] == pytest.approx([1.0, 0.1, 0.01])
 
 
-def test_readme_records_the_nano_command():
+def test_docs_record_the_nano_command():
     from glipcli.hub import NANO_PRETRAIN_COMMAND
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    assert NANO_PRETRAIN_COMMAND in readme and "--seed 0" in NANO_PRETRAIN_COMMAND
+    nano_doc = (Path(__file__).resolve().parents[1] / "docs" / "nano.md").read_text(encoding="utf-8")
+    assert NANO_PRETRAIN_COMMAND in nano_doc and "--seed 0" in NANO_PRETRAIN_COMMAND
 
 
 def test_config_is_checked():
