@@ -144,7 +144,7 @@ def _load_without_text_encoder(cfg: GLIPConfig, state: dict[str, torch.Tensor], 
     comes from its package, every other parameter from the file (missing keys must be exactly
     the `language.*` ones)."""
     from glipcli.modeling.glip import GLIP
-    from glipcli.modeling.language.pretrained import MINILM_L6, load_minilm
+    from glipcli.nano.minilm import MINILM_L6, load_minilm
 
     if cfg.language != MINILM_L6:
         raise GlipError(f"{source}: holds no text-encoder weights, and its architecture's text encoder is not "

@@ -1,6 +1,6 @@
 """`glip bench`: ODinW transfer (zero-shot, few-shot, full data; full / prompt / linear tuning) and the paper's
 COCO, LVIS and Flickr30K evaluations; the synthetic world's held-out transfer (`glip bench synthetic`). The work is
-done by `glipcli.bench.runner` / `glipcli.bench.standard` / `glipcli.bench.synthetic`."""
+done by `glipcli.bench.runner` / `glipcli.bench.standard` / `glipcli.nano.bench`."""
 
 from __future__ import annotations
 
@@ -237,7 +237,7 @@ def synthetic(
     never-seen shape zero-shot / after K-shot fine-tuning / after prompt tuning, and plain vs synonym vs
     descriptive prompts. One table; JSON and Markdown in --output. Needs nothing on disk.
     """
-    from glipcli.bench.synthetic import SyntheticRequest, rich_table, run_synthetic
+    from glipcli.nano.bench import SyntheticRequest, rich_table, run_synthetic
 
     if model is None and weights is None and config is None:
         model = "nano"

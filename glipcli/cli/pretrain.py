@@ -101,7 +101,7 @@ def pretrain(
     """
     import torch
 
-    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
+    from glipcli.nano.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -120,7 +120,7 @@ def pretrain(
     if resume:
         run = read_run(output)
         stored = PretrainConfig.from_dict(run["config"])
-        from glipcli.engine.pretrain import RESUME_FREE
+        from glipcli.nano.pretrain import RESUME_FREE
 
         for key, value in given.items():
             if key not in RESUME_FREE and getattr(stored, key) != value:
@@ -137,7 +137,7 @@ def pretrain(
         if preset is not None and init is not None:
             raise GlipError("give --preset (from scratch) or --init (from weights), not both")
         source = _source(data, world_images, config.seed)
-        from glipcli.engine.pretrain import build_pretrain_model
+        from glipcli.nano.pretrain import build_pretrain_model
 
         model, text_encoder = build_pretrain_model(preset or "nano", init=init, seed=config.seed)
         run_info = {"model": {"preset": None if init is not None else (preset or "nano"),
@@ -164,7 +164,7 @@ def pretrain(
 
 
 def _source(data: Path | None, world_images: int | None, seed: int):
-    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     if data is not None:
         if world_images is not None:
@@ -174,7 +174,7 @@ def _source(data: Path | None, world_images: int | None, seed: int):
 
 
 def _resumed_source(run: dict, data: Path | None, world_images: int | None):
-    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     described = run.get("source") or {}
     if described.get("kind") == "coco":

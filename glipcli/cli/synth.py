@@ -55,7 +55,7 @@ def synth_data(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write a procedural grounding dataset: COCO detection + captions with phrase spans."""
-    from glipcli.data.synthetic import (DEFAULT_HELD_OUT_COMBOS, CategoryScheme, HeldOut, WorldConfig,
+    from glipcli.nano.synthetic import (DEFAULT_HELD_OUT_COMBOS, CategoryScheme, HeldOut, WorldConfig,
                                         parse_combo, task_categories, write_coco_dataset)
 
     combos = [parse_combo(c) for c in held_out] if held_out else list(DEFAULT_HELD_OUT_COMBOS)

@@ -33,10 +33,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from glipcli.data.synthetic.captions import Caption
-from glipcli.data.synthetic.tasks import CategoryScheme, SceneRules, task_categories
-from glipcli.data.synthetic.vocabulary import WORDINGS, HeldOut, category_text
-from glipcli.data.synthetic.world import Scene, SyntheticWorld, WorldConfig
+from glipcli.nano.synthetic.captions import Caption
+from glipcli.nano.synthetic.tasks import CategoryScheme, SceneRules, task_categories
+from glipcli.nano.synthetic.vocabulary import WORDINGS, HeldOut, category_text
+from glipcli.nano.synthetic.world import Scene, SyntheticWorld, WorldConfig
 from glipcli.errors import GlipError
 
 DETECTION_FILE = "_annotations.coco.json"
@@ -76,7 +76,7 @@ def write_coco_dataset(out_dir: str | Path, n_train: int = 1000, n_valid: int = 
                        progress: Callable[[int, int], None] | None = None) -> DatasetReport:
     """Write a synthetic dataset (see the module docstring) and return what it holds.
 
-    task: `pretrain`, `unseen-combos`, `novel-shape` or `all` (`glipcli.data.synthetic.tasks`);
+    task: `pretrain`, `unseen-combos`, `novel-shape` or `all` (`glipcli.nano.synthetic.tasks`);
     it gives every split's scene rules and the default category scheme. split_rules overrides
     the rules of single splits. Splits with 0 images are not written. An existing, non-empty
     OUT is replaced only with `overwrite` and only if it is a synthetic dataset itself."""

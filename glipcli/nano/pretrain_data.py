@@ -117,7 +117,7 @@ class WorldSource:
 
     def __init__(self, seed: int = 0, images: int = 100_000, held_out=None, config=None,
                  captions_per_image: int = 2):
-        from glipcli.data.synthetic import CategoryScheme, SyntheticWorld, task_categories
+        from glipcli.nano.synthetic import CategoryScheme, SyntheticWorld, task_categories
 
         if images < 1:
             raise GlipError(f"--world-images must be at least 1 (got {images})")

@@ -1,7 +1,7 @@
 """`glip bench synthetic`: what pre-training on the synthetic world transfers to, on held-out data.
 
     from glipcli.bench.model import BenchModel
-    from glipcli.bench.synthetic import SyntheticRequest, run_synthetic
+    from glipcli.nano.bench import SyntheticRequest, run_synthetic
     report = run_synthetic(SyntheticRequest(), BenchModel("nano"))
     report.rows, report.files
 
@@ -117,8 +117,8 @@ class SyntheticReport:
 # -- data --------------------------------------------------------------------------------------------
 def prepare_data(root: Path, req: SyntheticRequest, say=lambda text: None) -> dict[str, Path]:
     """The three held-out datasets under `root` (generated unless already there with these settings)."""
-    from glipcli.data.synthetic import CategoryScheme, write_coco_dataset
-    from glipcli.data.synthetic.writer import MANIFEST_FILE
+    from glipcli.nano.synthetic import CategoryScheme, write_coco_dataset
+    from glipcli.nano.synthetic.writer import MANIFEST_FILE
 
     plans = {
         "unseen-combos": dict(n_train=0, n_valid=0, n_test=req.images, task="unseen-combos"),

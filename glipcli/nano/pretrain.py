@@ -1,7 +1,7 @@
 """`glip pretrain`: GLIP pre-training on detection + grounding data, with a frozen text encoder.
 
-    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, build_pretrain_model
-    from glipcli.data.pretrain_data import WorldSource
+    from glipcli.nano.pretrain import PretrainConfig, Pretrainer, build_pretrain_model
+    from glipcli.nano.pretrain_data import WorldSource
     model, text_encoder = build_pretrain_model("nano", seed=0)
     result = Pretrainer(model, WorldSource(seed=0), PretrainConfig(minutes=60), "runs/nano",
                         text_encoder=text_encoder).fit()
@@ -9,7 +9,7 @@
 The recipe (official GLIP pre-training ingredients, scaled to a CPU):
 
 - data: detection samples (per-image captions of positive + sampled negative category names)
-  mixed with grounding samples (captions with phrase boxes), `glipcli.data.pretrain_data`;
+  mixed with grounding samples (captions with phrase boxes), `glipcli.nano.pretrain_data`;
   the official multi-scale resize (scaled to the model's test size) and horizontal flip;
 - loss: `GLIPLoss` (ATSS, token focal loss, GIoU, centerness);
 - text encoder: frozen and in eval mode (its parameters never change, so shipped weights can
@@ -62,7 +62,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from glipcli.data.epoch_batches import EpochBatches
-from glipcli.data.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
+from glipcli.nano.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
                                         with_steps)
 from glipcli.engine import checkpointing as ckpt
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
@@ -226,7 +226,7 @@ def build_pretrain_model(preset: str = "nano", init: str | Path | None = None, s
     all-MiniLM-L6-v2 as text encoder (the preset must have its sizes: `nano`). With `init`: a
     glip checkpoint (its architecture from the file; a nano export gets MiniLM from the package)."""
     from glipcli.config import get_preset
-    from glipcli.modeling.language.pretrained import MINILM_L6, PACKAGE, WEIGHTS_SHA256, load_minilm
+    from glipcli.nano.minilm import MINILM_L6, PACKAGE, WEIGHTS_SHA256, load_minilm
 
     if init is not None:
         from glipcli.weights import ModelSource, load_model
@@ -249,7 +249,7 @@ def build_pretrain_model(preset: str = "nano", init: str | Path | None = None, s
 
 def _is_minilm(model: GLIP) -> bool:
     """Whether the model's text encoder holds exactly the packaged all-MiniLM-L6-v2 weights."""
-    from glipcli.modeling.language.pretrained import (MINILM_L6, check_files, locate_minilm, minilm_available,
+    from glipcli.nano.minilm import (MINILM_L6, check_files, locate_minilm, minilm_available,
                                                       minilm_state_dict)
 
     if model.cfg.language != MINILM_L6 or not minilm_available():
@@ -758,7 +758,7 @@ class Pretrainer:
 # -- weights out -------------------------------------------------------------------------------------
 def own_state(model: GLIP, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The model's weights without the text encoder (`language.*`), floats cast to `dtype`."""
-    from glipcli.modeling.language.pretrained import without_text_encoder
+    from glipcli.nano.minilm import without_text_encoder
 
     out = {}
     for key, value in without_text_encoder(model.state_dict()).items():
@@ -771,7 +771,7 @@ def own_state(model: GLIP, dtype: torch.dtype | None = None) -> dict[str, torch.
 
 def _metadata(model: GLIP, extra: dict[str, str] | None) -> dict[str, str]:
     from glipcli.checkpoint import FORMAT_TAG, config_to_json
-    from glipcli.modeling.language.pretrained import PACKAGE, PACKAGE_VERSION, WEIGHTS_SHA256
+    from glipcli.nano.minilm import PACKAGE, PACKAGE_VERSION, WEIGHTS_SHA256
 
     return {"format": FORMAT_TAG, "config": config_to_json(model.cfg),
             "text_encoder": json.dumps({"package": PACKAGE, "version": PACKAGE_VERSION, "sha256": WEIGHTS_SHA256}),
