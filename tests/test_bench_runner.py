@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from glipcli.bench import detect_eval, runner, standard
-from glipcli.bench.detect_eval import map_classes
+from glipcli.bench import runner, standard
+from glipcli.evaluation import detection as detect_eval
+from glipcli.evaluation.detection import map_classes
 from glipcli.bench.model import BenchModel
 from glipcli.bench.registry import name_key
 from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw

@@ -13,7 +13,7 @@ progress; a re-run skips finished cells (`OUT/run.json` refuses another model in
 
 Zero-shot cell: the model detects the dataset's prompt file (ODinW: `prompts/odinw/{manual,plain}/`;
 suite file: its `prompt_file`, else the category names) on the evaluation split, scored with
-pycocotools (`glipcli.bench.detect_eval`).
+pycocotools (`glipcli.evaluation.detection`).
 
 Fine-tuning cell (K shots, seed S, mode full / prompt / linear): the engine (`glipcli.engine.trainer`)
 trains a fresh copy of the model on the few-shot training set, the prepared
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.detect_eval import (dataset_prompt_spec, evaluate_split, map_classes, relabel_spec)
+from glipcli.evaluation.detection import (dataset_prompt_spec, evaluate_split, map_classes, relabel_spec)
 from glipcli.bench.layout import BenchDataset
 from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
@@ -208,7 +208,7 @@ class _Runner:
 
     # -- cells ----------------------------------------------------------------------------------------
     def zero_shot(self, key: CellKey, d: BenchDataset) -> CellResult:
-        from glipcli.bench.coco_eval import load_ground_truth
+        from glipcli.evaluation.coco import load_ground_truth
 
         spec = dataset_prompt_spec(load_ground_truth(d.eval.ann_file), d.prompt_file, str(d.eval.ann_file))
         metrics, info = evaluate(self.predictor(), d, d.eval_split, spec, self, _label(key))
@@ -219,7 +219,7 @@ class _Runner:
         from glipcli.checkpoint import load_checkpoint
         from glipcli.data.coco import load_coco
         from glipcli.data.fewshot import default_patience, default_schedule
-        from glipcli.engine import checkpointing
+        from glipcli.engine import training_state as checkpointing
         from glipcli.engine.prompt_tuning import load_adapter
         from glipcli.engine.train_config import TrainConfig
         from glipcli.engine.trainer import BEST_ADAPTER, BEST_MODEL, METRICS_FILE, TrainData, Trainer
@@ -311,7 +311,7 @@ class _Runner:
         """After a fine-tuning cell is recorded: drop its resumable checkpoints and weights."""
         if self.req.keep_weights or key.shots == ZERO_SHOT:
             return
-        from glipcli.engine.checkpointing import CHECKPOINTS
+        from glipcli.engine.training_state import CHECKPOINTS
         from glipcli.engine.trainer import BEST_MODEL
 
         run_dir = out / RUNS_DIR / key.file_stem

@@ -13,13 +13,13 @@ Data (the official formats; `--data-root DIR`, or explicit `--ann` / `--images` 
   `lvis_v1_val.json` (also under `DIR/annotations/` and `DIR/lvis/`); images under `DIR/coco/` (else
   `DIR/`) by `file_name`, or by the last two parts of `coco_url` (`val2017/000000397133.jpg`). The
   official protocol: 1203 class names in chunks of 40 (`TEST.CHUNKED_EVALUATION 40`), 300 detections
-  per image, boxes `w = x2 - x1` (no +1), fixed AP (`glipcli.bench.lvis_eval`: 10,000 detections per
+  per image, boxes `w = x2 - x1` (no +1), fixed AP (`glipcli.evaluation.lvis`: 10,000 detections per
   category over the set, no per-image limit), AP and APr / APc / APf.
 - Flickr30K Entities (`split` val or test): the release's `val.txt` / `test.txt`, `Sentences/`,
   `Annotations/` in `DIR/flickr30k_entities/` (or `DIR/` itself) and the images `<id>.jpg` in
   `DIR/flickr30k-images/` (also `flickr30k_images/`, `images/`). Each sentence is one caption whose
   boxed phrases are grounded (`GLIPPredictor.ground`, top 10 boxes per phrase after per-phrase NMS);
-  Recall@1/5/10 with the any-box protocol (`glipcli.bench.flickr_eval`).
+  Recall@1/5/10 with the any-box protocol (`glipcli.evaluation.flickr`).
 
 Resume: predictions are appended to `OUT/predictions.jsonl` as each image completes (its first line
 names the run; another model or ground truth in the same folder is refused). A re-run predicts only
@@ -37,8 +37,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from glipcli.bench import paper
-from glipcli.bench.coco_eval import coco_box_ap, load_ground_truth
-from glipcli.bench.detect_eval import (dataset_prompt_spec, detection_results, image_paths, map_classes,
+from glipcli.evaluation.coco import coco_box_ap, load_ground_truth
+from glipcli.evaluation.detection import (dataset_prompt_spec, detection_results, image_paths, map_classes,
                                        require_evaluable)
 from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.bench.paper import PaperValue
@@ -362,7 +362,7 @@ def run_lvis(data_root: str | Path | None = None, *, split: str = "minival", ann
              batch_size: int = 1, max_images: int | None = None, chunk_size: int = LVIS_CHUNK_SIZE,
              max_detections: int = LVIS_MAX_DETECTIONS, console=None, progress: bool = False) -> StandardReport:
     """Zero-shot LVIS fixed AP (official protocol, see the module docstring)."""
-    from glipcli.bench.lvis_eval import LvisGroundTruth, lvis_box_ap
+    from glipcli.evaluation.lvis import LvisGroundTruth, lvis_box_ap
     from glipcli.prompts.prompt_file import PromptSpec
 
     if chunk_size < 1 or max_detections < 1:
@@ -441,7 +441,7 @@ def run_flickr30k(data_root: str | Path | None = None, *, split: str = "val", en
                   max_images: int | None = None, merge_boxes: bool = False, top_k: int = FLICKR_TOP_K,
                   console=None, progress: bool = False) -> StandardReport:
     """Flickr30K Entities phrase grounding Recall@1/5/10 (any-box protocol; `merge_boxes`: merged-box)."""
-    from glipcli.bench.flickr_eval import FlickrGroundTruth, FlickrPrediction, flickr_recall
+    from glipcli.evaluation.flickr import FlickrGroundTruth, FlickrPrediction, flickr_recall
 
     if split not in ("val", "test"):
         raise GlipError(f"Flickr30K split must be val or test (got {split!r})")

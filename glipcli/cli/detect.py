@@ -73,13 +73,13 @@ def detect(
     outputs.check()
     coco_index = None
     if coco_gt is not None:
-        from glipcli.coco import CocoIndex
+        from glipcli.coco_results import CocoIndex
 
         coco_index = CocoIndex.load(coco_gt)
         coco_index.check(sources, spec.names)
 
     predictor = load_predictor(model, weights, config, device, dtype)
-    from glipcli.chunked import iter_detect_with_spec
+    from glipcli.chunked_detection import iter_detect_with_spec
 
     if tuned is not None:
         _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
@@ -95,7 +95,7 @@ def detect(
     if json_out is not None and not outcome.nothing_read:
         outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
     if coco_index is not None and coco_results is not None and not outcome.nothing_read:
-        from glipcli.coco import coco_results as to_coco
+        from glipcli.coco_results import coco_results as to_coco
 
         outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
     finish(outcome, len(sources))

@@ -21,7 +21,7 @@ from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, phrase_scores, rescale_boxes
 
-from glipcli.bench.coco_eval import METRIC_NAMES  # noqa: F401  (re-exported for callers)
+from glipcli.evaluation.coco import METRIC_NAMES  # noqa: F401  (re-exported for callers)
 
 
 @dataclass
@@ -90,7 +90,7 @@ def predict_split(model: GLIP, data: CocoDetectionData, prompt: TrainingPrompt, 
 def coco_evaluate(data: CocoDetectionData, results: list[dict], indices: Sequence[int] | None = None
                   ) -> EvalResult:
     """pycocotools box evaluation of `results` on the images `indices` (all by default)."""
-    from glipcli.bench.coco_eval import coco_box_ap
+    from glipcli.evaluation.coco import coco_box_ap
 
     image_ids = list(range(len(data.images))) if indices is None else [int(i) for i in indices]
     scored = coco_box_ap(coco_ground_truth(data), results, image_ids=image_ids)

@@ -18,7 +18,7 @@ Output folder:
     metrics.json         validation history, best epoch, test metrics (rewritten atomically)
     model_best.safetensors   (full / linear-probe) weights + config, for `glip detect --weights`
     adapter_best.safetensors (prompt tuning) the prompt offset, see `glipcli.engine.prompt_tuning`
-    checkpoints/         the latest resumable checkpoint (see `glipcli.engine.checkpointing`)
+    checkpoints/         the latest resumable checkpoint (see `glipcli.engine.training_state`)
 
 Without a validation split there is no early stopping and "best" is the last epoch.
 
@@ -57,7 +57,7 @@ from glipcli.data.fewshot import few_shot_indices
 from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
-from glipcli.engine import checkpointing as ckpt
+from glipcli.engine import training_state as ckpt
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.evaluate import EvalResult, evaluate
 from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, model_identity

@@ -212,7 +212,7 @@ class _Bench:
     def tune(self, folder: Path, task: str, label: str) -> dict[str, Any]:
         import shutil
 
-        from glipcli.engine import checkpointing
+        from glipcli.engine import training_state as checkpointing
         from glipcli.engine.train_config import TrainConfig
         from glipcli.engine.trainer import TrainData, Trainer
 

@@ -30,7 +30,7 @@ Output folder:
 
     run.json             settings, data source, architecture, text encoder (what --resume reads)
     log.jsonl            start, calibration, steps (every log_every), checkpoints, stop, end
-    checkpoints/         the latest resumable checkpoint (`glipcli.engine.checkpointing` layout:
+    checkpoints/         the latest resumable checkpoint (`glipcli.engine.training_state` layout:
                          full model, optimiser, schedule state, step, torch generator states)
     model.safetensors    the final weights (without the text encoder when it is the packaged
                          all-MiniLM-L6-v2; `glip detect --weights` loads either)
@@ -64,7 +64,7 @@ from torch.utils.data import DataLoader
 from glipcli.data.epoch_batches import EpochBatches
 from glipcli.nano.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
                                         with_steps)
-from glipcli.engine import checkpointing as ckpt
+from glipcli.engine import training_state as ckpt
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write

@@ -12,7 +12,7 @@
   not match but the prompt has exactly as many classes as the ground truth has real categories, the
   i-th class is the i-th category in id order (the official OVERRIDE_CATEGORY convention) and a note
   says so; otherwise the unmatched classes are a GlipError listing the categories.
-- Detections come from `glipcli.chunked.iter_detect_with_spec` (long class lists are chunked) with no
+- Detections come from `glipcli.chunked_detection.iter_detect_with_spec` (long class lists are chunked) with no
   score threshold beyond the model's own (`postprocess.score_threshold`), at most
   `postprocess.max_detections` per image; boxes become pycocotools results `[x, y, w, h]` with
   `w = x2 - x1 + 1` (COCO / ODinW, the official maskrcnn_benchmark conversion) or `w = x2 - x1`
@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from glipcli.bench.coco_eval import CocoMetrics, coco_box_ap, load_ground_truth
+from glipcli.evaluation.coco import CocoMetrics, coco_box_ap, load_ground_truth
 from glipcli.bench.layout import SplitFiles
 from glipcli.bench.registry import name_key
-from glipcli.chunked import iter_detect_with_spec
+from glipcli.chunked_detection import iter_detect_with_spec
 from glipcli.errors import GlipError
 from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
 

@@ -1,7 +1,7 @@
 """COCO box AP of detections against a COCO ground truth (pycocotools, its default protocol).
 
 A pure function: no model. Detections are pycocotools results
-`{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` (see `glipcli.coco.coco_results` for
+`{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` (see `glipcli.coco_results.coco_results` for
 the official GLIP xyxy -> xywh convention). The protocol is pycocotools' `COCOeval(iouType="bbox")`
 with its defaults, the one the official GLIP evaluation uses for COCO and ODinW: IoU 0.50:0.05:0.95,
 101 recall points, at most 100 detections per image, crowd regions ignored, categories without

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from glipcli.bench.coco_eval import AREA_RANGES, check_detections
+from glipcli.evaluation.coco import AREA_RANGES, check_detections
 from glipcli.errors import GlipError
 
 FIXED_AP_DETS_PER_CATEGORY = 10_000
