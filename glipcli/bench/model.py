@@ -107,17 +107,6 @@ def folder_label(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "model"
 
 
-def say(console, text: str) -> None:
-    """Print one plain line (no markup, no highlighting) on a rich console; nothing without one."""
-    if console is not None:
-        console.print(text, highlight=False, markup=False, soft_wrap=True)
-
-
-def shows_progress(console, progress: bool) -> bool:
-    """Whether a progress bar is drawn: asked for, and the console is a terminal."""
-    return bool(progress and console is not None and getattr(console, "is_terminal", False))
-
-
 def default_output(benchmark: str, model: BenchModel) -> Path:
     """`bench-results/<benchmark>/<model label>` (relative to the working folder)."""
     return Path("bench-results") / folder_label(benchmark) / folder_label(model.label)
