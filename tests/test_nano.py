@@ -11,7 +11,7 @@ import socket
 import pytest
 import torch
 
-from glipcli.checkpoint import FORMAT_TAG, config_to_json
+from glipcli.checkpoint import config_from_metadata, config_metadata
 from glipcli.config import PRESETS, get_preset
 from glipcli.errors import GlipError
 from glipcli.modeling.language import LanguageBackbone
@@ -53,10 +53,8 @@ def test_nano_preset_is_a_small_glip_with_minilm_sizes():
     assert cfg.head.fusion_embed_dim % cfg.head.fusion_heads == 0
     assert cfg.head.channels == cfg.fpn.out_channels == 64
     assert (cfg.input.min_size, cfg.input.max_size) == (256, 384)
-    meta = {"format": FORMAT_TAG, "config": config_to_json(cfg)}
-    from glipcli.predictor import config_from_checkpoint_metadata
-
-    assert config_from_checkpoint_metadata(meta) == cfg  # survives our safetensors metadata
+    meta = config_metadata(cfg)
+    assert config_from_metadata(meta) == cfg  # survives our safetensors metadata
 
 
 def test_nano_runs_a_forward_pass(nano):

@@ -456,11 +456,11 @@ def test_model_nano_without_the_packaged_file_says_how_to_make_it(tmp_path, monk
 def test_a_checkpoint_without_text_encoder_needs_minilm_sizes(tmp_path):
     from safetensors.torch import save_file
 
-    from glipcli.checkpoint import FORMAT_TAG, config_to_json
+    from glipcli.checkpoint import config_metadata
     from glipcli.weights import load_model, resolve_model_source
 
     state = own_state(_tiny_model())
-    save_file(state, str(tmp_path / "tiny.safetensors"), metadata={"format": FORMAT_TAG, "config": config_to_json(TINY)})
+    save_file(state, str(tmp_path / "tiny.safetensors"), metadata=config_metadata(TINY))
     with pytest.raises(GlipError, match="no text-encoder weights.*not all-MiniLM-L6-v2"):
         load_model(resolve_model_source(weights=tmp_path / "tiny.safetensors"))
 

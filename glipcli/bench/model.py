@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glipcli.device import resolve_device, resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.hub import HUB_CHECKPOINTS, is_packaged, is_preset
+from glipcli.weights import load_model, resolve_model_source
 
 DEFAULT_PRESET = "glip-t"
 
@@ -91,14 +93,10 @@ class BenchModel:
         """The GLIP (on the CPU for a loaded checkpoint; a ready `glip` as it is)."""
         if self.glip is not None:
             return self.glip
-        from glipcli.weights import load_model, resolve_model_source
-
         return load_model(resolve_model_source(model=self.model, weights=self.weights, config=self.config))
 
     def check_device(self):
         """The resolved torch device and dtype (GlipError for an unavailable one), before any loading."""
-        from glipcli.device import resolve_device, resolve_dtype
-
         return resolve_device(self.device), resolve_dtype(self.dtype)
 
 

@@ -28,6 +28,7 @@ EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", min=1,
 
 
 def _model(model, weights, config, device, dtype):
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.model import BenchModel
 
     return BenchModel(model=model, weights=weights, config=config, device=device, dtype=dtype)
@@ -81,6 +82,7 @@ def odinw(
     Needs the datasets: --data-root DIR with odinw/<name>/ (official layout) or <name>/{train,valid}/
     Roboflow exports. Finished cells are skipped on a re-run with the same --output.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.results import rich_table
     from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw
 
@@ -119,6 +121,7 @@ def coco(
 
     Needs COCO val2017: DATA_ROOT/annotations/instances_val2017.json and DATA_ROOT/val2017/.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_coco
 
     report = run_coco(data_root, ann_file=ann, images=images, model=_model(model, weights, config, device, dtype),
@@ -153,6 +156,7 @@ def lvis(
     Needs LVIS v1 annotations (e.g. DATA_ROOT/coco/annotations/lvis_v1_minival_inserted_image_name.json) and the
     COCO images (DATA_ROOT/coco/val2017/, train2017/).
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_lvis
 
     report = run_lvis(data_root, split=split, ann_file=ann, images=images,
@@ -186,6 +190,7 @@ def flickr30k(
 
     Needs the Flickr30K Entities annotations and the Flickr30K images.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_flickr30k
 
     report = run_flickr30k(data_root, split=split, entities=entities, images=images,
@@ -237,6 +242,7 @@ def synthetic(
     never-seen shape zero-shot / after K-shot fine-tuning / after prompt tuning, and plain vs synonym vs
     descriptive prompts. One table; JSON and Markdown in --output. Needs nothing on disk.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.nano.bench import SyntheticRequest, rich_table, run_synthetic
 
     if model is None and weights is None and config is None:

@@ -24,6 +24,7 @@ def convert(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the model weights only (no optimizer state, no pickle) with the config inside."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.convert import convert_checkpoint
 
     report = convert_checkpoint(source, target, model=model, config=config, dtype=dtype, overwrite=overwrite)

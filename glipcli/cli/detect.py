@@ -50,11 +50,13 @@ def detect(
              "prompt is given, and any other prompt is refused.")] = None,
 ) -> None:
     """Detect the prompt's classes in each image."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
 
     tuned = None
     if adapter is not None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.engine.prompt_tuning import load_adapter
         from glipcli.prompts.prompt_file import PromptSpec
 
@@ -73,12 +75,14 @@ def detect(
     outputs.check()
     coco_index = None
     if coco_gt is not None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.coco_results import CocoIndex
 
         coco_index = CocoIndex.load(coco_gt)
         coco_index.check(sources, spec.names)
 
     predictor = load_predictor(model, weights, config, device, dtype)
+    # deferred import: keeps `glip --help` fast
     from glipcli.chunked_detection import iter_detect_with_spec
 
     if tuned is not None:
@@ -95,6 +99,7 @@ def detect(
     if json_out is not None and not outcome.nothing_read:
         outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
     if coco_index is not None and coco_results is not None and not outcome.nothing_read:
+        # deferred import: keeps `glip --help` fast
         from glipcli.coco_results import coco_results as to_coco
 
         outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
@@ -104,6 +109,7 @@ def detect(
 def _apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
     """Check that the adapter fits the model and the prompt (one caption, the tuned one), then
     attach it to the model's text encoder."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.chunking import plan_chunks
 
     tuned.check_model(predictor.model, source=source)
@@ -118,6 +124,7 @@ def _vis_writer(outputs: OutputFiles):
     """Save a rendering per image while its decoded copy is at hand (None: no --save-vis)."""
     if outputs.vis_dir is None:
         return None
+    # deferred import: keeps `glip --help` fast
     from glipcli.visualize import DrawBox, render, save_image
 
     def write(prepared, result) -> None:

@@ -72,6 +72,7 @@ def finetune(
 def _stored_task(output) -> str | None:
     import json
 
+    # deferred import: keeps `glip --help` fast
     from glipcli.engine.trainer import RUN_FILE
 
     try:

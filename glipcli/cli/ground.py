@@ -42,6 +42,7 @@ def ground(
     quiet: QuietOpt = False,
 ) -> None:
     """Ground the caption's phrases in each image (no phrase given: the whole caption)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.data.sources import expand_image_args
     from glipcli.grounding import grounding_phrases, parse_span
 
@@ -69,6 +70,7 @@ def ground(
 def _vis_writer(outputs: OutputFiles):
     if outputs.vis_dir is None:
         return None
+    # deferred import: keeps `glip --help` fast
     from glipcli.visualize import DrawBox, render, save_image
 
     def write(prepared, result) -> None:

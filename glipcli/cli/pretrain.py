@@ -101,11 +101,13 @@ def pretrain(
     """
     import torch
 
+    # deferred import: keeps `glip --help` fast
     from glipcli.nano.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
 
     if threads is not None:
         torch.set_num_threads(threads)
     if export is not None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.io import check_writable
 
         check_writable(export, overwrite)
@@ -120,6 +122,7 @@ def pretrain(
     if resume:
         run = read_run(output)
         stored = PretrainConfig.from_dict(run["config"])
+        # deferred import: keeps `glip --help` fast
         from glipcli.nano.pretrain import RESUME_FREE
 
         for key, value in given.items():
@@ -137,6 +140,7 @@ def pretrain(
         if preset is not None and init is not None:
             raise GlipError("give --preset (from scratch) or --init (from weights), not both")
         source = _source(data, world_images, config.seed)
+        # deferred import: keeps `glip --help` fast
         from glipcli.nano.pretrain import build_pretrain_model
 
         model, text_encoder = build_pretrain_model(preset or "nano", init=init, seed=config.seed)
@@ -164,6 +168,7 @@ def pretrain(
 
 
 def _source(data: Path | None, world_images: int | None, seed: int):
+    # deferred import: keeps `glip --help` fast
     from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     if data is not None:
@@ -174,6 +179,7 @@ def _source(data: Path | None, world_images: int | None, seed: int):
 
 
 def _resumed_source(run: dict, data: Path | None, world_images: int | None):
+    # deferred import: keeps `glip --help` fast
     from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     described = run.get("source") or {}
@@ -190,11 +196,8 @@ def _resumed_source(run: dict, data: Path | None, world_images: int | None):
 
 
 def _resumed_model(run: dict):
-    import json
-
-    from glipcli.checkpoint import FORMAT_TAG
+    # deferred import: keeps `glip --help` fast
+    from glipcli.config import GLIPConfig
     from glipcli.modeling.glip import GLIP
-    from glipcli.predictor import config_from_checkpoint_metadata
 
-    cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
-    return GLIP(cfg)
+    return GLIP(GLIPConfig.from_dict(run["model_config"]))

@@ -24,6 +24,7 @@ def show(
     max_tokens: Annotated[int, typer.Option(help="The model's token budget ([CLS] and [SEP] included).")] = 256,
 ) -> None:
     """Show each caption the prompt becomes, every phrase's span and wordpieces, and the tokens used."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.chunking import plan_chunks
     from glipcli.prompts.prompt_file import load_prompt_spec
 
@@ -37,6 +38,7 @@ def show(
 
 def preview_lines(plan) -> list[str]:
     """The preview as plain text lines (one block per chunk)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()

@@ -55,6 +55,7 @@ def synth_data(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write a procedural grounding dataset: COCO detection + captions with phrase spans."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.nano.synthetic import (DEFAULT_HELD_OUT_COMBOS, CategoryScheme, HeldOut, WorldConfig,
                                         parse_combo, task_categories, write_coco_dataset)
 

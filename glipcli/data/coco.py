@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
 from glipcli.errors import GlipError
 
 log = logging.getLogger(__name__)
@@ -260,8 +261,6 @@ def placeholder_category_ids(categories: Sequence[dict], used: set) -> set:
 def _displayed_size(path: Path) -> tuple[int, int]:
     """(width, height) as shown, i.e. after the EXIF orientation; reads the header only. The
     orientation is read exactly as `load_image` reads it (invalid or broken EXIF: none)."""
-    from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
-
     try:
         with Image.open(path) as image:
             width, height = image.size

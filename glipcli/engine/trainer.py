@@ -58,9 +58,9 @@ from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
 from glipcli.engine import training_state as ckpt
-from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.evaluate import evaluate
-from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, model_identity
+from glipcli.engine.process import GracefulInterrupt, make_accelerator
+from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, load_adapter, model_identity
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
@@ -255,7 +255,7 @@ class Trainer:
         return {
             "task": self.config.task,
             "config": self.config.to_dict(),
-            "model_config": json.loads(_config_json(self.model)),
+            "model_config": self.model.cfg.to_dict(),
             "classes": train.classes,
             "caption": self.prompt.caption,
             "prompt_yaml": self.prompt.spec.to_yaml(),
@@ -558,8 +558,6 @@ class Trainer:
         best_path = self.output_dir / (BEST_ADAPTER if self.is_prompt else BEST_MODEL)
         acc.wait_for_everyone()
         if self.is_prompt:
-            from glipcli.engine.prompt_tuning import load_adapter
-
             adapter = load_adapter(best_path)
             with torch.no_grad():
                 self._offset().copy_(adapter.offset.to(self._offset().device))
@@ -578,12 +576,6 @@ class Trainer:
                   best_epoch=self.stopper.best_epoch, best=str(best_path))
         self._say(f"wrote {best_path} and {self.output_dir / METRICS_FILE}")
         return TrainResult(self.output_dir, best_path, metrics, acc.is_main_process)
-
-
-def _config_json(model: GLIP) -> str:
-    from glipcli.checkpoint import config_to_json
-
-    return config_to_json(model.cfg)
 
 
 def _test_entry(result: DetectionMetrics) -> dict[str, Any]:

@@ -33,11 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from glipcli import __version__
+from glipcli.errors import GlipError
 from glipcli.nano.synthetic.captions import Caption
 from glipcli.nano.synthetic.tasks import CategoryScheme, SceneRules, task_categories
 from glipcli.nano.synthetic.vocabulary import WORDINGS, HeldOut, category_text
 from glipcli.nano.synthetic.world import Scene, SyntheticWorld, WorldConfig
-from glipcli.errors import GlipError
+from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
 
 DETECTION_FILE = "_annotations.coco.json"
 GROUNDING_FILE = "_grounding.coco.json"
@@ -145,8 +147,6 @@ def _versions() -> dict[str, str]:
     """The package versions the pixels depend on (numpy's random streams, Pillow's rasteriser)."""
     import numpy
     import PIL
-
-    from glipcli import __version__
 
     return {"glipcli": __version__, "numpy": numpy.__version__, "pillow": PIL.__version__}
 
@@ -256,8 +256,6 @@ def _dump(path: Path, data: dict) -> None:
 
 def _write_prompts(folder: Path, names: list[str]) -> None:
     """One prompt file per wording: class name = category, grounded text = the wording's text."""
-    from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
-
     folder.mkdir(parents=True)
     for wording in WORDINGS:
         classes = [ClassPrompt(name=name, text=None if wording == "plain" else category_text(name, wording))
