@@ -224,7 +224,8 @@ def test_held_out_definitions_are_checked():
 def test_written_dataset_loads_with_pycocotools_and_our_reader(tmp_path):
     from pycocotools.coco import COCO
 
-    from glipcli.data.coco import load_coco, roboflow_splits
+    from glipcli.data.coco import load_coco
+    from glipcli.data.splits import roboflow_splits
     from glipcli.prompts.prompt_file import PromptSpec
 
     root = tmp_path / "shapes"

@@ -189,7 +189,8 @@ def evaluate(predictor, d: BenchDataset, split: str, spec, session: BenchSession
     """Score `predictor` on split `split` of `d` (module level: the seam tests count model evaluations at)."""
     with session.progress_bar() as bar:
         task = bar.add_task(label, total=None)
-        callback = (lambda done, total: bar.update(task, completed=done, total=total)) if session.show_progress else None
+        callback = ((lambda done, total: bar.update(task, completed=done, total=total)) if session.show_progress
+                    else None)
         return evaluate_split(predictor, d.splits[split], spec, batch_size=session.eval_batch_size,
                               progress=callback)
 
