@@ -18,7 +18,7 @@ from glipcli.errors import GlipError
 # -- options shared by detect and ground ---------------------------------------------------------
 ImagesArg = Annotated[list[str], typer.Argument(
     help="Image files, folders (the images inside, sorted) or quoted glob patterns ('imgs/*.jpg').",
-    show_default=False)]
+    metavar="IMAGE", show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l: official weights from the "
     "Hugging Face hub unless --weights is given; nano: the small GLIP whose weights ship with glip, offline) or a "

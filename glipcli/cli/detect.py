@@ -22,7 +22,7 @@ MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one
 def detect(
     images: ImagesArg,
     prompt: Annotated[Optional[list[str]], typer.Option(
-        "--prompt", "-p", help='Class names: "person. bicycle." (repeatable).')] = None,
+        "--prompt", "-p", metavar="TEXT", help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(
         help="A YAML prompt file (names, grounded texts, prefixes/suffixes, thresholds, suppression).")] = None,

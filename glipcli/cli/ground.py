@@ -18,14 +18,14 @@ from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, Im
 def ground(
     images: ImagesArg,
     caption: Annotated[str, typer.Argument(
-        help='The caption; "\\[a woman] holding \\[a cup of coffee]" marks phrases with brackets.',
+        help='The caption; "[a woman] holding [a cup of coffee]" marks phrases with brackets.',
         show_default=False)],
     phrase: Annotated[Optional[list[str]], typer.Option(
-        "--phrase", help="A phrase of the caption to ground (repeatable; overlaps allowed).")] = None,
+        "--phrase", metavar="TEXT", help="A phrase of the caption to ground (repeatable; overlaps allowed).")] = None,
     phrase_span: Annotated[Optional[list[str]], typer.Option(
-        help="A phrase given by character span START:END of the caption (brackets removed), "
+        metavar="START:END", help="A phrase given by character span START:END of the caption (brackets removed), "
              "for a phrase that occurs more than once (repeatable).")] = None,
-    markup: Annotated[bool, typer.Option(help="Read \\[brackets] in the caption as phrase markup.")] = True,
+    markup: Annotated[bool, typer.Option(help="Read [brackets] in the caption as phrase markup.")] = True,
     top_k: Annotated[int, typer.Option(min=1, help="Boxes kept per phrase, best first.")] = 1,
     box_threshold: Annotated[float, typer.Option(
         help="Drop boxes scoring below this (0: every phrase gets its best box).")] = 0.0,

@@ -17,7 +17,7 @@ app.add_typer(prompt_app, name="prompt")
 @prompt_app.command("show")
 def show(
     prompt_file: Annotated[Optional[Path], typer.Argument(help="A YAML prompt file.", show_default=False)] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p",
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT",
                                                         help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="At most this many classes per caption.")] = None,

@@ -36,8 +36,9 @@ def synth_data(
              "held-out combinations, the only categories), novel-shape (the held-out shape, the only "
              "category) or all.")] = "pretrain",
     held_out: Annotated[Optional[list[str]], typer.Option(
-        "--held-out", help="A held-out colour-shape combination, e.g. 'purple star' (repeatable; default: "
-                           "purple star, orange circle, green triangle, blue ring, yellow cross, red hexagon).",
+        "--held-out", metavar="TEXT",
+        help="A held-out colour-shape combination, e.g. 'purple star' (repeatable; default: "
+             "purple star, orange circle, green triangle, blue ring, yellow cross, red hexagon).",
         show_default=False)] = None,
     held_out_shape: Annotated[str, typer.Option(help="The shape never drawn in pre-training ('none': none).")
                               ] = "arrow",
@@ -45,7 +46,7 @@ def synth_data(
         help="Category kind: colour-shape ('red circle'), shape ('circle') or colour ('red'). "
              "Default: the task's.", show_default=False)] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
-        "--class", help="Restrict the categories to these names (repeatable); other objects are drawn "
+        "--class", metavar="NAME", help="Restrict the categories to these names (repeatable); other objects are drawn "
                         "unannotated.", show_default=False)] = None,
     captions: Annotated[int, typer.Option(min=0, help="Grounding captions per image.")] = 2,
     size: Annotated[str, typer.Option(help="Image width and height range in pixels: N or MIN-MAX.")] = "224-288",
