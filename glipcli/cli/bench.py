@@ -13,6 +13,7 @@ from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt, WeightsOpt
 
 bench_app = typer.Typer(name="bench", no_args_is_help=True, pretty_exceptions_enable=False,
+                        short_help="Benchmarks: ODinW, COCO, LVIS, Flickr30K, synthetic world.",
                         help="Benchmarks: ODinW transfer across shots, seeds and tuning modes; COCO, LVIS, Flickr30K; "
                              "the synthetic world (held-out transfer of glip-nano).")
 app.add_typer(bench_app, name="bench")
@@ -40,7 +41,7 @@ def _print_files(files, quiet: bool) -> None:
             stderr.print(f"wrote {path}", highlight=False)
 
 
-@bench_app.command("odinw")
+@bench_app.command("odinw", short_help="ODinW (or your own suite): zero-shot, K-shot, full data.")
 def odinw(
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Zero-shot cells (the default when no training "
                                                                   "is asked for).")] = False,
@@ -100,7 +101,7 @@ def odinw(
         _print_files((report.files.json, report.files.csv, report.files.markdown), quiet)
 
 
-@bench_app.command("coco")
+@bench_app.command("coco", short_help="Zero-shot COCO val2017 box AP, beside the paper's.")
 def coco(
     data_root: DataRootOpt = None,
     ann: Annotated[Optional[Path], typer.Option(help="instances_val2017.json (default: "
@@ -130,7 +131,7 @@ def coco(
     _show(report, quiet)
 
 
-@bench_app.command("lvis")
+@bench_app.command("lvis", short_help="Zero-shot LVIS fixed AP (AP, APr, APc, APf).")
 def lvis(
     data_root: DataRootOpt = None,
     split: Annotated[str, typer.Option(
@@ -166,7 +167,7 @@ def lvis(
     _show(report, quiet)
 
 
-@bench_app.command("flickr30k")
+@bench_app.command("flickr30k", short_help="Flickr30K Entities phrase grounding: Recall@1/5/10.")
 def flickr30k(
     data_root: DataRootOpt = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
@@ -209,7 +210,7 @@ def _show(report, quiet: bool) -> None:
     _print_files(report.files, quiet)
 
 
-@bench_app.command("synthetic")
+@bench_app.command("synthetic", short_help="Held-out synthetic world: transfer of glip-nano.")
 def synthetic(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Preset or checkpoint path, as for `glip detect`. Default: nano (unless --weights "

@@ -11,7 +11,7 @@ from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, OverwriteOpt
 
 
-@app.command()
+@app.command(short_help="Write a checkpoint as glip safetensors (weights + config).")
 def convert(
     source: Annotated[Path, typer.Argument(help="Official .pth (or a glip .safetensors) checkpoint.",
                                            show_default=False)],

@@ -13,7 +13,7 @@ from glipcli.errors import GlipError
 MODES = ("full", "linear-probe")
 
 
-@app.command()
+@app.command(short_help="Fine-tune GLIP on a COCO detection dataset.")
 def finetune(
     output: opt.Output,
     data: opt.DataDir = None,

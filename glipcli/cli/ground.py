@@ -14,7 +14,7 @@ from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, Im
                                 finish, load_predictor, run_images)
 
 
-@app.command()
+@app.command(short_help="Ground a caption's phrases in each image.")
 def ground(
     images: ImagesArg,
     caption: Annotated[str, typer.Argument(

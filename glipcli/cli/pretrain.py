@@ -14,7 +14,7 @@ from glipcli.errors import GlipError
 DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
 
 
-@app.command()
+@app.command(short_help="Pre-train GLIP (default: nano on the synthetic world).")
 def pretrain(
     output: Annotated[Path, typer.Option(help="Run folder: run.json, log.jsonl, checkpoints/, model.safetensors.",
                                          rich_help_panel=RUN)],

@@ -14,7 +14,7 @@ prompt_app = typer.Typer(help="Inspect prompts before running a model.", no_args
 app.add_typer(prompt_app, name="prompt")
 
 
-@prompt_app.command("show")
+@prompt_app.command("show", short_help="Each caption a prompt becomes: phrase spans, wordpieces, tokens.")
 def show(
     prompt_file: Annotated[Optional[Path], typer.Argument(help="A YAML prompt file.", show_default=False)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT",

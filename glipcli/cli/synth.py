@@ -23,7 +23,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-@app.command("synth-data")
+@app.command("synth-data", short_help="Write a synthetic grounding dataset (COCO + captions).")
 def synth_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (train/, valid/, test/, prompts/).",
                                             show_default=False)],
