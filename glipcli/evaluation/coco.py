@@ -34,20 +34,25 @@ _METRIC_AREA = {"AP": "all", "AP50": "all", "AP75": "all", "APs": "small", "APm"
                 "AR1": "all", "AR10": "all", "AR100": "all", "ARs": "small", "ARm": "medium", "ARl": "large"}
 
 
+def read_annotation_json(path: Path, kind: str) -> Any:
+    """The parsed JSON of a `kind` ("COCO", "LVIS") annotation file; a GlipError naming the file if
+    it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GlipError(f"{path}: no such {kind} annotation file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GlipError(f"{path}: not a readable {kind} JSON file ({str(exc).splitlines()[0][:160]})") from None
+
+
 def load_ground_truth(source: str | Path | Mapping) -> dict:
     """A COCO ground truth (a file or its parsed dict), checked and normalised for pycocotools: every
     annotation gets `iscrowd` (default 0) and `area` (default w*h); a copy, the input is not changed."""
     if isinstance(source, Mapping):
         data, where = copy.deepcopy(dict(source)), "ground truth"
     else:
-        path = Path(source)
-        where = str(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GlipError(f"{path}: no such COCO annotation file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GlipError(f"{path}: not a readable COCO JSON file ({str(exc).splitlines()[0][:160]})") from None
+        where = str(source)
+        data = read_annotation_json(Path(source), "COCO")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
                                                                                        "categories")):
         raise GlipError(f"{where}: not a COCO ground truth (needs 'images', 'annotations' and 'categories' lists)")

@@ -28,7 +28,6 @@ Metrics are fractions in [0, 1]; -1 where undefined.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -39,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from glipcli.errors import GlipError
-from glipcli.evaluation.coco import AREA_RANGES, check_detections
+from glipcli.evaluation.coco import AREA_RANGES, check_detections, read_annotation_json
 from glipcli.evaluation.metrics import DetectionMetrics
 
 FIXED_AP_DETS_PER_CATEGORY = 10_000
@@ -68,14 +67,8 @@ class LvisGroundTruth:
         if isinstance(source, Mapping):
             data, where = source, "LVIS ground truth"
         else:
-            path = Path(source)
-            where = str(path)
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise GlipError(f"{path}: no such LVIS annotation file") from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise GlipError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0][:160]})") from None
+            where = str(source)
+            data = read_annotation_json(Path(source), "LVIS")
         if not isinstance(data, Mapping) or not all(isinstance(data.get(k), list)
                                                     for k in ("images", "annotations", "categories")):
             raise GlipError(f"{where}: not an LVIS ground truth (needs 'images', 'annotations', 'categories')")
