@@ -36,7 +36,7 @@ def main() -> None:
 
     import torch
 
-    from glipcli.chunked import detect_with_spec
+    from glipcli.chunked_detection import detect_with_spec
     from glipcli.config import get_preset
     from glipcli.data.transforms import batch_images, preprocess_image
     from glipcli.modeling.glip import GLIP

@@ -2,7 +2,7 @@
 
     python examples/make_example_image.py [OUT.png]
 
-A hand-placed synthetic scene (glipcli.data.synthetic): a large red circle, a large blue square,
+A hand-placed synthetic scene (glipcli.nano.synthetic): a large red circle, a large blue square,
 a small yellow star, a striped pink diamond and a small dotted green heart on a gradient. Only
 colour-shape pairs seen in pre-training are used. The output is the same on every run.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from glipcli.data.synthetic import ObjectSpec, SyntheticWorld
+from glipcli.nano.synthetic import ObjectSpec, SyntheticWorld
 
 OBJECTS = [
     ObjectSpec("circle", "red", "large", x=0.27, y=0.38),

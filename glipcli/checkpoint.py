@@ -8,7 +8,6 @@ and any missing, unexpected or mis-shaped entry is reported by name.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pickle
 import re
@@ -16,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import init_empty_weights
 from torch import nn
 
 from glipcli.config import GLIPConfig
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 from glipcli.modeling.anchors import cell_anchor
+from glipcli.modeling.glip import GLIP
 
 FORMAT_TAG = "glipcli"
 
@@ -320,16 +321,20 @@ def build_empty(cfg: GLIPConfig) -> nn.Module:
     """A `GLIP` whose parameters are not allocated or initialised (meta device) while its
     buffers are real; fill it with `load_state_dict_checked(..., assign=True)`. Building this
     way skips the random initialisation (seconds for GLIP-T) and a second copy of the weights."""
-    from accelerate import init_empty_weights
-
-    from glipcli.modeling.glip import GLIP
-
     with init_empty_weights(include_buffers=False):
         return GLIP(cfg)
 
 
-def config_to_json(cfg: GLIPConfig) -> str:
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+def config_metadata(cfg: GLIPConfig) -> dict[str, str]:
+    """The metadata that makes a safetensors file ours: the format tag and the model's config."""
+    return {"format": FORMAT_TAG, "config": json.dumps(cfg.to_dict(), sort_keys=True)}
+
+
+def config_from_metadata(metadata: dict[str, str]) -> GLIPConfig | None:
+    """The config stored in one of our safetensors files (`config_metadata`), if any."""
+    if metadata.get("format") != FORMAT_TAG or "config" not in metadata:
+        return None
+    return GLIPConfig.from_dict(json.loads(metadata["config"]))
 
 
 def save_safetensors(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,
@@ -347,7 +352,7 @@ def save_safetensors(model: nn.Module, path: str | Path, dtype: torch.dtype | No
         if dtype is not None and value.is_floating_point():
             value = value.to(dtype)
         tensors[key] = value.contiguous().cpu()
-    metadata = {"format": FORMAT_TAG, "config": config_to_json(model.cfg)}
+    metadata = config_metadata(model.cfg)
     metadata.update(extra_metadata or {})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
     return path

@@ -9,7 +9,9 @@ A `GLIPConfig` is a small tree of frozen dataclasses, one per architectural part
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from glipcli.errors import GlipError
 
@@ -130,6 +132,36 @@ class GLIPConfig:
 
     def replace(self, **changes) -> "GLIPConfig":
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (tuples become lists, keys sorted): what checkpoints and run folders store."""
+        return _json_ready(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GLIPConfig":
+        """The config `to_dict` gave (lists become tuples again); GlipError for anything else."""
+        try:
+            parts = {f.name: _part(f.type, data[f.name]) for f in dataclasses.fields(cls) if f.name != "name"}
+            return cls(name=data["name"], **parts)
+        except (KeyError, TypeError) as exc:
+            raise GlipError(f"not a GLIP model config ({type(exc).__name__}: {exc})") from None
+
+
+def _json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_ready(value[k]) for k in sorted(value)}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+_PARTS = {cls.__name__: cls for cls in (SwinConfig, FPNConfig, LanguageConfig, HeadConfig, AnchorConfig,
+                                        PostProcessConfig, InputConfig, LossConfig)}
+
+
+def _part(type_name: str, values: Mapping[str, Any]):
+    """One part of a GLIPConfig from its dict (field types are strings: `from __future__ import annotations`)."""
+    return _PARTS[type_name](**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 _GLIP_T = GLIPConfig(name="glip-t")

@@ -16,11 +16,15 @@ from pathlib import Path
 
 import torch
 
-from glipcli.checkpoint import load_state_dict_checked, read_state_dict, save_safetensors
+from glipcli.checkpoint import (convert_official_state_dict, is_official_state_dict, load_state_dict_checked,
+                                read_state_dict, save_safetensors)
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.device import resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.io import check_writable
+from glipcli.modeling.glip import GLIP
+from glipcli.weights import infer_config
+from glipcli.yacs_config import config_from_yacs
 
 
 @dataclass
@@ -47,9 +51,6 @@ def convert_checkpoint(source: str | Path, target: str | Path, model: str | None
     from the checkpoint (our metadata, or recognised from its shapes). dtype: store floating
     tensors as float16/bfloat16 (default: as they are in float32). Refuses to replace `target`
     unless `overwrite`."""
-    from glipcli.modeling.glip import GLIP
-    from glipcli.weights import infer_config
-
     source, target = Path(source), Path(target)
     if target.suffix != ".safetensors":
         raise GlipError(f"{target}: the output must be a .safetensors file")
@@ -62,8 +63,6 @@ def convert_checkpoint(source: str | Path, target: str | Path, model: str | None
 
     state, metadata = read_state_dict(source)
     if config is not None:
-        from glipcli.yacs_config import config_from_yacs
-
         cfg: GLIPConfig = config_from_yacs(config)
     elif model is not None:
         cfg = get_preset(model)
@@ -87,8 +86,6 @@ def convert_checkpoint(source: str | Path, target: str | Path, model: str | None
 
 def _mapped_state(state: dict[str, torch.Tensor], cfg: GLIPConfig) -> dict[str, torch.Tensor]:
     """`state` under our parameter names (official checkpoints are mapped, ours kept)."""
-    from glipcli.checkpoint import convert_official_state_dict, is_official_state_dict
-
     if is_official_state_dict(state):
         mapped, _ = convert_official_state_dict(state, cfg)
         return mapped

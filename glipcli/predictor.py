@@ -14,7 +14,6 @@ post-processing runs in float32.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +21,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from glipcli.checkpoint import FORMAT_TAG
-from glipcli.config import GLIPConfig, get_preset
+from glipcli.config import GLIPConfig
 from glipcli.data.batching import ImageFailure, ImageInput, PreparedImage, iter_batches
 from glipcli.data.transforms import batch_images
 from glipcli.device import autocast, resolve_device, resolve_dtype
@@ -33,10 +31,12 @@ from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, Detections, phrase_scores, rescale_boxes
 from glipcli.prompts.caption import Phrase, detection_caption
+from glipcli.prompts.chunking import count_tokens
 from glipcli.prompts.encoding import EncodedPrompt, encode_prompt
+from glipcli.weights import load_model, resolve_model_source
 
 __all__ = ["GLIPPredictor", "Detection", "ImageResult", "ImageFailure", "PreparedImage", "ImageInput",
-           "BatchDetector", "parse_class_prompt", "build_model", "config_from_checkpoint_metadata"]
+           "BatchDetector", "parse_class_prompt"]
 
 # A function running the model on a padded batch [B, 3, H, W] with its unpadded (h, w) sizes and
 # returning each image's detections in resized-image pixels (float32).
@@ -71,29 +71,6 @@ def parse_class_prompt(prompt: str | Sequence[str]) -> list[str]:
     if not names:
         raise GlipError("empty prompt: give at least one class name, e.g. -p \"person. bicycle.\"")
     return names
-
-
-def build_model(config: GLIPConfig | str) -> GLIP:
-    cfg = get_preset(config) if isinstance(config, str) else config
-    return GLIP(cfg)
-
-
-def config_from_checkpoint_metadata(metadata: dict[str, str]) -> GLIPConfig | None:
-    """The config stored in one of our safetensors files, if any."""
-    if metadata.get("format") != FORMAT_TAG or "config" not in metadata:
-        return None
-    from glipcli.config import (AnchorConfig, FPNConfig, HeadConfig, InputConfig, LanguageConfig,
-                                LossConfig, PostProcessConfig, SwinConfig)
-
-    raw = json.loads(metadata["config"])
-    parts = {"swin": SwinConfig, "fpn": FPNConfig, "language": LanguageConfig, "head": HeadConfig,
-             "anchors": AnchorConfig, "postprocess": PostProcessConfig, "input": InputConfig,
-             "loss": LossConfig}
-
-    def build(cls, values):
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
-    return GLIPConfig(name=raw["name"], **{k: build(cls, raw[k]) for k, cls in parts.items()})
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
@@ -135,8 +112,6 @@ class GLIPPredictor:
         official YACS `.yaml` (overrides the preset's architecture). A checkpoint given alone
         brings its architecture (our safetensors metadata, or recognised from its shapes).
         A GLIPConfig without weights gives a randomly initialised model."""
-        from glipcli.weights import load_model, resolve_model_source
-
         source = resolve_model_source(model=model, weights=weights, config=config, cache_dir=cache_dir)
         return cls(load_model(source), device=device, dtype=dtype)
 
@@ -159,8 +134,6 @@ class GLIPPredictor:
         text, found = grounding_phrases(caption, phrases, markup=markup)
         prompt = encode_prompt(text, found, max_length=self.cfg.language.max_query_len)
         if prompt.truncated:
-            from glipcli.prompts.chunking import count_tokens
-
             raise GlipError(f"the caption is longer than the model's {prompt.max_length} tokens ({count_tokens(text)} "
                             "tokens, [CLS] and [SEP] included); shorten it: a grounding caption is read whole, "
                             "it cannot be split into chunks")

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import torch
 
-from glipcli.checkpoint import build_empty, is_official_state_dict, load_state_dict_checked, read_state_dict
+from glipcli.checkpoint import (build_empty, config_from_metadata, is_official_state_dict, load_state_dict_checked,
+                                read_state_dict)
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.errors import GlipError
 from glipcli.hub import download_weights, is_packaged, is_preset, packaged_weights
-
-if TYPE_CHECKING:
-    from glipcli.modeling.glip import GLIP
+from glipcli.modeling.glip import GLIP
+from glipcli.nano.minilm import MINILM_L6, load_minilm
+from glipcli.yacs_config import config_from_yacs
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 
@@ -66,8 +65,6 @@ def resolve_model_source(model: str | GLIPConfig | None = None, weights: str | P
         else:
             get_preset(model)  # raises: unknown preset, naming the known ones
     if config is not None:
-        from glipcli.yacs_config import config_from_yacs
-
         cfg = config_from_yacs(config)
     elif preset is not None:
         cfg = get_preset(preset)
@@ -93,9 +90,7 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
                  ) -> GLIPConfig:
     """The architecture a checkpoint was saved from: our safetensors metadata if present, else
     the preset whose distinctive shapes it has (Swin width, fusion layers, head depth)."""
-    from glipcli.predictor import config_from_checkpoint_metadata
-
-    cfg = config_from_checkpoint_metadata(metadata)
+    cfg = config_from_metadata(metadata)
     if cfg is not None:
         return cfg
     official = is_official_state_dict(state)
@@ -119,10 +114,13 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
                     f"{'with' if fusion else 'without'} deep fusion) is not a preset; pass --config CFG.yaml")
 
 
+def build_model(config: GLIPConfig | str) -> GLIP:
+    """A randomly initialised `GLIP` of a config or a preset name."""
+    return GLIP(get_preset(config) if isinstance(config, str) else config)
+
+
 def load_model(source: ModelSource) -> GLIP:
     """Build the `GLIP` of `source` and load its weights (read once, checked by name and shape)."""
-    from glipcli.modeling.glip import GLIP
-
     if source.weights is None:
         if source.config is None:
             raise GlipError("no model given: pass a preset name (e.g. glip-t) or a checkpoint")
@@ -143,9 +141,6 @@ def _load_without_text_encoder(cfg: GLIPConfig, state: dict[str, torch.Tensor], 
     """A checkpoint that leaves the text encoder out (the packaged nano weights): all-MiniLM-L6-v2
     comes from its package, every other parameter from the file (missing keys must be exactly
     the `language.*` ones)."""
-    from glipcli.modeling.glip import GLIP
-    from glipcli.modeling.language.pretrained import MINILM_L6, load_minilm
-
     if cfg.language != MINILM_L6:
         raise GlipError(f"{source}: holds no text-encoder weights, and its architecture's text encoder is not "
                         "all-MiniLM-L6-v2 (only models pre-trained on that encoder may leave it out)")

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from glipcli.bench.coco_eval import coco_box_ap
-from glipcli.bench.flickr_eval import FlickrGroundTruth, FlickrPrediction, flickr_recall, parse_sentence
-from glipcli.bench.lvis_eval import LvisGroundTruth, lvis_box_ap
+from glipcli.evaluation.coco import coco_box_ap
+from glipcli.evaluation.flickr import FlickrGroundTruth, FlickrPrediction, flickr_recall, parse_sentence
+from glipcli.evaluation.lvis import LvisGroundTruth, lvis_box_ap
 from glipcli.errors import GlipError
 
 SHIFTED_AP = 0.4  # IoU 2/3: matched at 0.50, 0.55, 0.60, 0.65

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from glipcli.bench import detect_eval, runner, standard
-from glipcli.bench.detect_eval import map_classes
+from glipcli.bench import runner, split_eval, standard
+from glipcli.evaluation.detection import map_classes
 from glipcli.bench.model import BenchModel
 from glipcli.bench.registry import name_key
 from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw
@@ -100,7 +100,7 @@ def _gt_boxes(ann_files, img_dir: Path | None = None) -> dict[str, list[tuple[st
 
 
 def perfect_detector(boxes, plus_one: bool = True, shift: dict | None = None, seen: list | None = None):
-    """A stand-in for `detect_eval.detect_images` returning the ground-truth boxes as detections, as xyxy
+    """A stand-in for `split_eval.detect_images` returning the ground-truth boxes as detections, as xyxy
     boxes that the convention turns back into the exact COCO boxes (`shift`: category -> dx moved)."""
     shift = shift or {}
 
@@ -373,7 +373,7 @@ def test_perfect_detections_score_ap_one_through_the_runner(tiny, real_data, tmp
     """The ground truth fed back as detections gives AP 1.0 on raccoon, pothole and on ChessPieces, whose
     manual prompt says `white king` where the export says `white-king` (mapped by name)."""
     anns = [real_data / n / "valid" / "_annotations.coco.json" for n in ("raccoon", "pothole", "chess_pieces")]
-    monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes(anns)))
+    monkeypatch.setattr(split_eval, "detect_images", perfect_detector(_gt_boxes(anns)))
     model = BenchModel(glip=tiny, device="cpu")
     report = run_odinw(OdinwRequest(suite=str(_suite(tmp_path, real_data)), output=tmp_path / "a"), model)
     assert [r.ap.mean for r in report.summary.rows] == [pytest.approx(100.0)] * 3
@@ -390,7 +390,7 @@ def test_perfect_detections_score_ap_one_through_the_runner(tiny, real_data, tmp
     assert "zero-shot, manual: paper AP" in official.files.markdown.read_text()
     monkeypatch.undo()
     # off by one pixel (w = x2 - x1 instead of the official x2 - x1 + 1): no longer perfect
-    monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes(anns), plus_one=False))
+    monkeypatch.setattr(split_eval, "detect_images", perfect_detector(_gt_boxes(anns), plus_one=False))
     off = run_odinw(OdinwRequest(suite="odinw35", datasets=["ChessPieces"], data_root=real_data,
                                  output=tmp_path / "c"), model)
     assert off.summary.rows[0].ap.mean < 99.0
@@ -442,7 +442,7 @@ def test_bench_coco_end_to_end(tiny_weights, tmp_path, capsys, monkeypatch):
     assert code == 0 and again["predicted_now"] == 0 and again["reused"] == 3 and again["metrics"] == result["metrics"]
 
     # the pipeline with perfect detections (10 x 10 boxes: one pixel off would cost AP)
-    monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes([ann], tmp_path / "coco" / "val2017")))
+    monkeypatch.setattr(split_eval, "detect_images", perfect_detector(_gt_boxes([ann], tmp_path / "coco" / "val2017")))
     code, _, err = _cli(capsys, *args[:-1], str(tmp_path / "perfect"), "--max-images", "2")
     perfect = json.loads((tmp_path / "perfect" / "result.json").read_text())
     assert code == 0 and perfect["metrics"]["AP"] == pytest.approx(1.0) and perfect["images"] == 2
@@ -455,7 +455,7 @@ def test_bench_coco_shifted_box_costs_the_expected_ap(tiny_weights, tmp_path, ca
     from glipcli.bench import paper
 
     ann = write_coco(tmp_path / "coco", box=(5, 20, 40, 40))
-    monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(_gt_boxes([ann], tmp_path / "coco" / "val2017"),
+    monkeypatch.setattr(split_eval, "detect_images", perfect_detector(_gt_boxes([ann], tmp_path / "coco" / "val2017"),
                                                                             shift={"bicycle": 6}))
     monkeypatch.setattr(BenchModel, "paper_model", property(lambda self: "glip-t"))  # as if official weights
     code, stdout, err = _cli(capsys, "bench", "coco", "--ann", str(ann), "--images", str(tmp_path / "coco" / "val2017"),
@@ -517,7 +517,7 @@ def test_bench_lvis_end_to_end(tiny_weights, tmp_path, capsys, monkeypatch):
     boxes = {str((ann.parent.parent / "val2017" / f"{i + 1:012d}.jpg").resolve()): [(LVIS_NAMES[c - 1], [12 + 30 * i,
                                                                                                           30, 10, 10])]
              for i, c in enumerate((43, 44, 2))}
-    monkeypatch.setattr(detect_eval, "detect_images", perfect_detector(boxes, plus_one=False, seen=seen))
+    monkeypatch.setattr(split_eval, "detect_images", perfect_detector(boxes, plus_one=False, seen=seen))
     code, _, err = _cli(capsys, "bench", "lvis", "--split", "val", "--data-root", str(tmp_path / "val"), "--weights",
                         str(tiny_weights), "--device", "cpu", "--output", str(tmp_path / "perfect"), "-q")
     assert code == 0, err

@@ -30,7 +30,8 @@ from glipcli.config import get_preset
 from glipcli.errors import GlipError
 from glipcli.modeling.anchors import cell_anchor
 from glipcli.modeling.glip import GLIP
-from glipcli.predictor import GLIPPredictor, config_from_checkpoint_metadata
+from glipcli.checkpoint import config_from_metadata
+from glipcli.predictor import GLIPPredictor
 from golden_utils import golden_model, load
 
 # Loading real tensors into meta parameters is a deliberate no-op here (only names/shapes matter).
@@ -301,7 +302,7 @@ def test_safetensors_metadata_carries_format_and_config(tiny_model, tmp_path):
         keys = set(f.keys())
     assert metadata["format"] == "glipcli"
     assert json.loads(metadata["config"])["swin"]["embed_dim"] == tiny_model.cfg.swin.embed_dim
-    assert config_from_checkpoint_metadata(metadata) == tiny_model.cfg
+    assert config_from_metadata(metadata) == tiny_model.cfg
     assert keys <= set(tiny_model.state_dict())
     assert {name for name, _ in tiny_model.named_parameters()} <= keys
 
@@ -356,3 +357,16 @@ def test_failed_save_keeps_existing_file(tiny_model, tmp_path, monkeypatch):
         save_safetensors(tiny_model, target)
     assert target.read_bytes() == b"previous contents"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_config_dict_round_trip_and_refusal():
+    from glipcli.config import PRESETS, GLIPConfig
+    from glipcli.errors import GlipError
+
+    for cfg in PRESETS.values():
+        data = cfg.to_dict()
+        assert json.loads(json.dumps(data)) == data  # plain JSON values: tuples stored as lists
+        assert GLIPConfig.from_dict(data) == cfg
+        assert isinstance(GLIPConfig.from_dict(data).swin.depths, tuple)
+    with pytest.raises(GlipError, match="not a GLIP model config"):
+        GLIPConfig.from_dict({"name": "x", "swin": {"depths": [2]}})

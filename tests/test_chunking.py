@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glipcli.chunked import detect_with_spec, merge_chunk_detections
+from glipcli.chunked_detection import detect_with_spec, merge_chunk_detections
 from glipcli.errors import GlipError
 from glipcli.modeling.postprocess import Detections
 from glipcli.predictor import GLIPPredictor
@@ -291,7 +291,7 @@ def test_lvis_runs_chunked_on_the_tiny_model(predictor, image, lvis):
 
 
 def test_unreadable_images_are_reported_or_skipped(predictor, image, tmp_path):
-    from glipcli.chunked import iter_detect_with_spec
+    from glipcli.chunked_detection import iter_detect_with_spec
     from glipcli.data.batching import ImageFailure
 
     bad = tmp_path / "bad.png"

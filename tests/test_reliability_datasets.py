@@ -21,8 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from glipcli.bench.coco_eval import load_ground_truth
-from glipcli.bench.detect_eval import dataset_prompt_spec, map_classes, require_evaluable
+from glipcli.evaluation.coco import load_ground_truth
+from glipcli.evaluation.detection import dataset_prompt_spec, map_classes, require_evaluable
 from glipcli.data.coco import load_coco
 from glipcli.errors import GlipError
 from reliability_utils import assert_one_line_error, glip, write_tiny_weights

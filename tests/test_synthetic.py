@@ -10,10 +10,10 @@ import re
 import numpy as np
 import pytest
 
-from glipcli.data.synthetic import (COLOURS, SHAPES, CategoryScheme, HeldOut, ObjectSpec, SyntheticWorld,
+from glipcli.nano.synthetic import (COLOURS, SHAPES, CategoryScheme, HeldOut, ObjectSpec, SyntheticWorld,
                                     WorldConfig, spatial_relation, write_coco_dataset)
-from glipcli.data.synthetic.render import shape_coverage
-from glipcli.data.synthetic.vocabulary import (COUNT_WORDS, PATTERNS, SIZES, category_text, parse_combo,
+from glipcli.nano.synthetic.render import shape_coverage
+from glipcli.nano.synthetic.vocabulary import (COUNT_WORDS, PATTERNS, SIZES, category_text, parse_combo,
                                                synonym_words)
 from glipcli.errors import GlipError
 
@@ -224,7 +224,8 @@ def test_held_out_definitions_are_checked():
 def test_written_dataset_loads_with_pycocotools_and_our_reader(tmp_path):
     from pycocotools.coco import COCO
 
-    from glipcli.data.coco import load_coco, roboflow_splits
+    from glipcli.data.coco import load_coco
+    from glipcli.data.splits import roboflow_splits
     from glipcli.prompts.prompt_file import PromptSpec
 
     root = tmp_path / "shapes"

@@ -16,7 +16,8 @@ import torch
 import yaml
 
 from glipcli.cli.main import main
-from glipcli.data.coco import load_coco, roboflow_splits
+from glipcli.data.coco import load_coco
+from glipcli.data.splits import roboflow_splits
 from glipcli.engine.prompt_tuning import (PromptAdapter, adapter_offset_bytes, load_adapter, model_identity)
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import LINEAR_PROBE_PARAMS, configure_trainable, param_groups

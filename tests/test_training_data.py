@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from glipcli.config import InputConfig
-from glipcli.data.coco import coco_ground_truth, load_coco, resolve_splits, roboflow_splits
+from glipcli.data.coco import coco_ground_truth, load_coco
+from glipcli.data.splits import resolve_splits, roboflow_splits
 from glipcli.data.epoch_batches import EpochBatches
 from glipcli.data.fewshot import default_patience, default_schedule, few_shot_indices
 from glipcli.data.train_dataset import TrainCollate, TrainDataset

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from glipcli.device import resolve_device, resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.hub import HUB_CHECKPOINTS, is_packaged, is_preset
+from glipcli.weights import load_model, resolve_model_source
 
 DEFAULT_PRESET = "glip-t"
 
@@ -91,31 +93,16 @@ class BenchModel:
         """The GLIP (on the CPU for a loaded checkpoint; a ready `glip` as it is)."""
         if self.glip is not None:
             return self.glip
-        from glipcli.weights import load_model, resolve_model_source
-
         return load_model(resolve_model_source(model=self.model, weights=self.weights, config=self.config))
 
     def check_device(self):
         """The resolved torch device and dtype (GlipError for an unavailable one), before any loading."""
-        from glipcli.device import resolve_device, resolve_dtype
-
         return resolve_device(self.device), resolve_dtype(self.dtype)
 
 
 def folder_label(text: str) -> str:
     """`text` as a safe folder name."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("._") or "model"
-
-
-def say(console, text: str) -> None:
-    """Print one plain line (no markup, no highlighting) on a rich console; nothing without one."""
-    if console is not None:
-        console.print(text, highlight=False, markup=False, soft_wrap=True)
-
-
-def shows_progress(console, progress: bool) -> bool:
-    """Whether a progress bar is drawn: asked for, and the console is a terminal."""
-    return bool(progress and console is not None and getattr(console, "is_terminal", False))
 
 
 def default_output(benchmark: str, model: BenchModel) -> Path:

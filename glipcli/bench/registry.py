@@ -26,24 +26,19 @@ by its config (with or without `.yaml`), its folder or its paper name where that
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
 from glipcli.errors import GlipError
+from glipcli.evaluation.detection import name_key  # noqa: F401  (bench names compare as categories do)
 
 REGISTRY_PATH = Path(__file__).resolve().parents[1] / "assets" / "odinw_registry.json"
 SUITES = ("odinw13", "odinw35")
 PROMPT_VARIANTS = ("plain", "manual")
 OFFICIAL_SHOTS = (1, 3, 5, 10)
 OFFICIAL_SEEDS = (3, 30, 300)
-
-
-def name_key(name: str) -> str:
-    """The form names are compared in: lower case, only letters and digits."""
-    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ progress; a re-run skips finished cells (`OUT/run.json` refuses another model in
 
 Zero-shot cell: the model detects the dataset's prompt file (ODinW: `prompts/odinw/{manual,plain}/`;
 suite file: its `prompt_file`, else the category names) on the evaluation split, scored with
-pycocotools (`glipcli.bench.detect_eval`).
+pycocotools (`glipcli.evaluation.detection`).
 
 Fine-tuning cell (K shots, seed S, mode full / prompt / linear): the engine (`glipcli.engine.trainer`)
 trains a fresh copy of the model on the few-shot training set, the prepared
@@ -33,7 +33,6 @@ log, metrics, prompt and prompt-tuning adapters are kept.
 from __future__ import annotations
 
 import copy
-import gc
 import json
 import shutil
 import time
@@ -42,14 +41,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.detect_eval import (dataset_prompt_spec, evaluate_split, map_classes, relabel_spec)
-from glipcli.bench.layout import BenchDataset
-from glipcli.bench.model import BenchModel, default_output, say, shows_progress
+from glipcli.bench.layout import BenchDataset, default_data_root
+from glipcli.bench.model import BenchModel, default_output
 from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
 from glipcli.bench.results import (ALL_DATA, MODES, ZERO_SHOT, CellKey, CellResult, ResultsStore, Summary,
                                    TableFiles, summarize)
+from glipcli.bench.session import BenchSession, free_memory
+from glipcli.bench.split_eval import evaluate_split
+from glipcli.bench.standard import run_coco, run_flickr30k, run_lvis  # noqa: F401  (re-exported)
 from glipcli.bench.suite import load_suite
+from glipcli.checkpoint import load_checkpoint
+from glipcli.data.coco import CocoDetectionData, load_coco
+from glipcli.data.fewshot import default_patience, default_schedule
+from glipcli.engine import training_state
+from glipcli.engine.prompt_tuning import load_adapter
+from glipcli.engine.train_config import TrainConfig
+from glipcli.engine.trainer import BEST_ADAPTER, BEST_MODEL, METRICS_FILE, TrainData, Trainer
 from glipcli.errors import GlipError
+from glipcli.evaluation.coco import load_ground_truth
+from glipcli.evaluation.detection import CategoryMap, dataset_prompt_spec, map_classes, relabel_spec
+from glipcli.predictor import GLIPPredictor
+from glipcli.prompts.prompt_file import PromptSpec
 
 ENGINE_TASKS = {"full": "full", "prompt": "prompt", "linear": "linear-probe"}
 DEFAULT_FULL_DATA_SEEDS = (3,)
@@ -164,168 +176,150 @@ def plan_cells(datasets: Sequence[BenchDataset], req: OdinwRequest) -> list[tupl
     return cells
 
 
-class _Runner:
-    def __init__(self, req: OdinwRequest, model: BenchModel, console=None, progress: bool = False):
-        self.req = req
-        self.choice = model
-        self.console = console
-        self.show_progress = shows_progress(console, progress)
-        self.device, self.dtype = model.check_device()
-        self._base = None
-        self._predictor = None
-
-    # -- output ---------------------------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        say(self.console, text)
-
-    def progress_bar(self):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        console=self.console, disable=not self.show_progress, transient=True)
-
-    # -- models ---------------------------------------------------------------------------------------
-    def base(self):
-        if self._base is None:
-            self.say(f"loading {self.choice.label}")
-            self._base = self.choice.load()
-        return self._base
-
-    def predictor(self):
-        from glipcli.predictor import GLIPPredictor
-
-        if self._predictor is None:
-            # autocast, never cast weights: the base model is also the start of every tuning run
-            self._predictor = GLIPPredictor(self.base(), device=self.device, dtype=self.dtype, cast_weights=False)
-        return self._predictor
-
-    def release_predictor(self) -> None:
-        """Give the base model's device memory back before training (it stays on the CPU)."""
-        if self._predictor is not None:
-            self._predictor = None
-            self.base().to("cpu")
-            _free_memory()
-
-    # -- cells ----------------------------------------------------------------------------------------
-    def zero_shot(self, key: CellKey, d: BenchDataset) -> CellResult:
-        from glipcli.bench.coco_eval import load_ground_truth
-
-        spec = dataset_prompt_spec(load_ground_truth(d.eval.ann_file), d.prompt_file, str(d.eval.ann_file))
-        metrics, info = evaluate(self.predictor(), d, d.eval_split, spec, self, _label(key))
-        _add_dataset_info(info, d, d.eval_split)
-        return CellResult(key, metrics.ap, metrics.ap50, dict(metrics.metrics), info)
-
-    def finetune(self, key: CellKey, d: BenchDataset, out: Path) -> CellResult:
-        from glipcli.checkpoint import load_checkpoint
-        from glipcli.data.coco import load_coco
-        from glipcli.data.fewshot import default_patience, default_schedule
-        from glipcli.engine import checkpointing
-        from glipcli.engine.prompt_tuning import load_adapter
-        from glipcli.engine.train_config import TrainConfig
-        from glipcli.engine.trainer import BEST_ADAPTER, BEST_MODEL, METRICS_FILE, TrainData, Trainer
-        from glipcli.predictor import GLIPPredictor
-
-        start = time.perf_counter()
-        if d.train is None:
-            raise GlipError(f"{d.name}: no train split to fine-tune on")
-        prepared = d.fewshot_file(key.shots, key.seed) if key.shots > 0 else None
-        train = load_coco(prepared or d.train.ann_file, d.train.img_dir, "train")
-        val_name = "val" if "val" in d.splits else d.eval_split
-        val = load_coco(d.splits[val_name].ann_file, d.splits[val_name].img_dir, "valid", reference=train)
-        eval_split = "test" if "test" in d.splits else d.eval_split
-
-        base_spec = dataset_prompt_spec(json.loads(Path(train.ann_path).read_text(encoding="utf-8")), d.prompt_file,
-                                        str(train.ann_path))
-        train_gt = {"categories": [{"id": i, "name": n} for i, n in zip(train.category_ids, train.classes)],
-                    "annotations": []}
-        mapping = map_classes(base_spec, train_gt, str(train.ann_path))
-        name_of = dict(zip(train.category_ids, train.classes))
-        spec = relabel_spec(base_spec, [name_of[c] for c in mapping.category_ids])
-        left_out = [n for c, n in name_of.items() if c not in set(mapping.category_ids)]
-        if left_out:
-            raise GlipError(f"{d.name}: the training categories {', '.join(map(repr, left_out))} have no class in the "
-                            f"prompt {d.prompt_file or '(category names)'}")
-
-        options: dict[str, Any] = {"task": ENGINE_TASKS[key.mode], "seed": key.seed}
-        if key.shots == ALL_DATA:
-            options["shots"] = 0
-        elif prepared is not None:
-            epochs, copies = default_schedule(key.shots)
-            lr_patience, stop_patience = default_patience(key.shots)
-            options.update(shots=0, val_shots=key.shots, epochs=epochs, copies=copies, lr_patience=lr_patience,
-                           stop_patience=stop_patience)
-        else:
-            options["shots"] = key.shots
-        if self.req.epochs is not None:
-            options["epochs"] = self.req.epochs
-        if self.req.batch_size is not None:
-            options["batch_size"] = self.req.batch_size
-        options.update(self.req.train_options)
-        config = TrainConfig(**options)
-
-        run_dir = out / RUNS_DIR / key.file_stem
-        best = run_dir / (BEST_ADAPTER if key.mode == "prompt" else BEST_MODEL)
-        finished = _finished(run_dir / METRICS_FILE) and best.is_file()
-        resume = not finished and checkpointing.latest(run_dir) is not None
-        if not finished and not resume and run_dir.exists() and any(run_dir.iterdir()):
-            moved = _set_aside(run_dir)
-            self.say(f"{key.file_stem}: an unfinished run without a checkpoint was moved to {moved}")
-        self.release_predictor()
-        model = copy.deepcopy(self.base())
-        if finished:
-            self.say(f"{_label(key)}: training finished earlier; evaluating its best model")
-            metrics_file = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
-            if key.mode != "prompt":
-                load_checkpoint(model, best)
-        else:
-            self.say(f"{_label(key)}: {'resuming' if resume else 'training'} in {run_dir}")
-            trainer = Trainer(model, TrainData(train, val, None), config, run_dir, prompt_spec=spec, resume=resume,
-                              cpu=self.device.type == "cpu", progress=self.show_progress,
-                              console=self.console if self.console is not None else _quiet_console(),
-                              run_info={"bench_cell": key.to_dict()})
-            metrics_file = trainer.fit().metrics
-            del trainer
-        handle = None
-        if key.mode == "prompt":
-            adapter = load_adapter(best)
-            handle = adapter.attach(model, source=str(best))
-        predictor = GLIPPredictor(model, device=self.device, dtype=self.dtype, cast_weights=False)
-        try:
-            metrics, info = evaluate(predictor, d, eval_split, spec, self, _label(key))
-        finally:
-            if handle is not None:
-                handle.remove()
-            del predictor, model
-            _free_memory()
-        _add_dataset_info(info, d, eval_split, mapping.notes)
-        info.update(train_ann=str(train.ann_path), fewshot_file=None if prepared is None else str(prepared),
-                    sampler="all data" if key.shots == ALL_DATA else
-                    "prepared file" if prepared is not None else "seeded sampler",
-                    val_split=val_name, train_images=metrics_file.get("train_images"),
-                    best_epoch=metrics_file.get("best_epoch"), epochs_run=metrics_file.get("epochs_run"),
-                    stopped_early=metrics_file.get("stopped_early"), run_dir=str(run_dir),
-                    train_config=config.resolved().to_dict(), seconds=round(time.perf_counter() - start, 2))
-        return CellResult(key, metrics.ap, metrics.ap50, dict(metrics.metrics), info)
-
-    def cleanup(self, key: CellKey, out: Path) -> None:
-        """After a fine-tuning cell is recorded: drop its resumable checkpoints and weights."""
-        if self.req.keep_weights or key.shots == ZERO_SHOT:
-            return
-        from glipcli.engine.checkpointing import CHECKPOINTS
-        from glipcli.engine.trainer import BEST_MODEL
-
-        run_dir = out / RUNS_DIR / key.file_stem
-        shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)
-        (run_dir / BEST_MODEL).unlink(missing_ok=True)
+# -- zero-shot cells -------------------------------------------------------------------------------------
+def zero_shot_cell(session: BenchSession, key: CellKey, d: BenchDataset) -> CellResult:
+    """The base model on the dataset's evaluation split."""
+    spec = dataset_prompt_spec(load_ground_truth(d.eval.ann_file), d.prompt_file, str(d.eval.ann_file))
+    metrics, info = evaluate(session.predictor(), d, d.eval_split, spec, session, _label(key))
+    _add_dataset_info(info, d, d.eval_split)
+    return CellResult(key, metrics.ap, metrics.ap50, dict(metrics.metrics), info)
 
 
-def evaluate(predictor, d: BenchDataset, split: str, spec, runner: _Runner, label: str):
+def evaluate(predictor, d: BenchDataset, split: str, spec, session: BenchSession, label: str):
     """Score `predictor` on split `split` of `d` (module level: the seam tests count model evaluations at)."""
-    with runner.progress_bar() as bar:
+    with session.progress_bar() as bar:
         task = bar.add_task(label, total=None)
-        callback = (lambda done, total: bar.update(task, completed=done, total=total)) if runner.show_progress else None
-        return evaluate_split(predictor, d.splits[split], spec, batch_size=runner.req.eval_batch_size,
+        callback = ((lambda done, total: bar.update(task, completed=done, total=total)) if session.show_progress
+                    else None)
+        return evaluate_split(predictor, d.splits[split], spec, batch_size=session.eval_batch_size,
                               progress=callback)
+
+
+# -- fine-tuning cells -----------------------------------------------------------------------------------
+@dataclass
+class _TrainingSplits:
+    train: CocoDetectionData
+    val: CocoDetectionData
+    val_name: str
+    eval_split: str
+    prepared: Path | None  # the official layout's few-shot file, when it has one
+
+
+def _training_splits(key: CellKey, d: BenchDataset) -> _TrainingSplits:
+    """The cell's training set (the prepared K-shot file, else the train split), validation split
+    (`val`, else the evaluation split) and final evaluation split (`test`, else the evaluation split)."""
+    if d.train is None:
+        raise GlipError(f"{d.name}: no train split to fine-tune on")
+    prepared = d.fewshot_file(key.shots, key.seed) if key.shots > 0 else None
+    train = load_coco(prepared or d.train.ann_file, d.train.img_dir, "train")
+    val_name = "val" if "val" in d.splits else d.eval_split
+    val = load_coco(d.splits[val_name].ann_file, d.splits[val_name].img_dir, "valid", reference=train)
+    return _TrainingSplits(train, val, val_name, "test" if "test" in d.splits else d.eval_split, prepared)
+
+
+def _training_spec(d: BenchDataset, train: CocoDetectionData) -> tuple[PromptSpec, CategoryMap]:
+    """The dataset's prompt with its classes labelled by the training set's category names."""
+    base_spec = dataset_prompt_spec(json.loads(Path(train.ann_path).read_text(encoding="utf-8")), d.prompt_file,
+                                    str(train.ann_path))
+    train_gt = {"categories": [{"id": i, "name": n} for i, n in zip(train.category_ids, train.classes)],
+                "annotations": []}
+    mapping = map_classes(base_spec, train_gt, str(train.ann_path))
+    name_of = dict(zip(train.category_ids, train.classes))
+    left_out = [n for c, n in name_of.items() if c not in set(mapping.category_ids)]
+    if left_out:
+        raise GlipError(f"{d.name}: the training categories {', '.join(map(repr, left_out))} have no class in the "
+                        f"prompt {d.prompt_file or '(category names)'}")
+    return relabel_spec(base_spec, [name_of[c] for c in mapping.category_ids]), mapping
+
+
+def _train_config(req: OdinwRequest, key: CellKey, prepared: Path | None) -> TrainConfig:
+    """The engine's settings for the cell: the official K-shot schedule for a prepared file, the
+    seeded sampler otherwise, then the request's overrides."""
+    options: dict[str, Any] = {"task": ENGINE_TASKS[key.mode], "seed": key.seed}
+    if key.shots == ALL_DATA:
+        options["shots"] = 0
+    elif prepared is not None:
+        epochs, copies = default_schedule(key.shots)
+        lr_patience, stop_patience = default_patience(key.shots)
+        options.update(shots=0, val_shots=key.shots, epochs=epochs, copies=copies, lr_patience=lr_patience,
+                       stop_patience=stop_patience)
+    else:
+        options["shots"] = key.shots
+    if req.epochs is not None:
+        options["epochs"] = req.epochs
+    if req.batch_size is not None:
+        options["batch_size"] = req.batch_size
+    options.update(req.train_options)
+    return TrainConfig(**options)
+
+
+def _trained_model(session: BenchSession, key: CellKey, splits: _TrainingSplits, spec: PromptSpec,
+                   config: TrainConfig, run_dir: Path) -> tuple[Any, Path, dict[str, Any]]:
+    """A copy of the base model trained in `run_dir` (resumed from its checkpoint, or only reloaded when
+    the run finished earlier): (model, its best weights or adapter, the run's metrics.json)."""
+    best = run_dir / (BEST_ADAPTER if key.mode == "prompt" else BEST_MODEL)
+    finished = _finished(run_dir / METRICS_FILE) and best.is_file()
+    resume = not finished and training_state.latest(run_dir) is not None
+    if not finished and not resume and run_dir.exists() and any(run_dir.iterdir()):
+        moved = _set_aside(run_dir)
+        session.say(f"{key.file_stem}: an unfinished run without a checkpoint was moved to {moved}")
+    session.release_predictor()
+    model = copy.deepcopy(session.base())
+    if finished:
+        session.say(f"{_label(key)}: training finished earlier; evaluating its best model")
+        metrics_file = json.loads((run_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        if key.mode != "prompt":
+            load_checkpoint(model, best)
+        return model, best, metrics_file
+    session.say(f"{_label(key)}: {'resuming' if resume else 'training'} in {run_dir}")
+    trainer = Trainer(model, TrainData(splits.train, splits.val, None), config, run_dir, prompt_spec=spec,
+                      resume=resume, cpu=session.device.type == "cpu", progress=session.show_progress,
+                      console=session.trainer_console(), run_info={"bench_cell": key.to_dict()})
+    return model, best, trainer.fit().metrics
+
+
+def _evaluate_tuned(session: BenchSession, key: CellKey, d: BenchDataset, split: str, spec: PromptSpec,
+                    model, best: Path):
+    """Score the tuned model (with its prompt adapter in prompt mode) on `split`; frees it afterwards."""
+    handle = load_adapter(best).attach(model, source=str(best)) if key.mode == "prompt" else None
+    predictor = GLIPPredictor(model, device=session.device, dtype=session.dtype, cast_weights=False)
+    try:
+        return evaluate(predictor, d, split, spec, session, _label(key))
+    finally:
+        if handle is not None:
+            handle.remove()
+        del predictor, model
+        free_memory()
+
+
+def finetune_cell(session: BenchSession, req: OdinwRequest, key: CellKey, d: BenchDataset, out: Path) -> CellResult:
+    """Train a copy of the base model for the cell (see the module docstring) and score its best model."""
+    start = time.perf_counter()
+    splits = _training_splits(key, d)
+    spec, mapping = _training_spec(d, splits.train)
+    config = _train_config(req, key, splits.prepared)
+    run_dir = out / RUNS_DIR / key.file_stem
+    model, best, metrics_file = _trained_model(session, key, splits, spec, config, run_dir)
+    metrics, info = _evaluate_tuned(session, key, d, splits.eval_split, spec, model, best)
+    _add_dataset_info(info, d, splits.eval_split, mapping.notes)
+    info.update(train_ann=str(splits.train.ann_path),
+                fewshot_file=None if splits.prepared is None else str(splits.prepared),
+                sampler="all data" if key.shots == ALL_DATA else
+                "prepared file" if splits.prepared is not None else "seeded sampler",
+                val_split=splits.val_name, train_images=metrics_file.get("train_images"),
+                best_epoch=metrics_file.get("best_epoch"), epochs_run=metrics_file.get("epochs_run"),
+                stopped_early=metrics_file.get("stopped_early"), run_dir=str(run_dir),
+                train_config=config.resolved().to_dict(), seconds=round(time.perf_counter() - start, 2))
+    return CellResult(key, metrics.ap, metrics.ap50, dict(metrics.metrics), info)
+
+
+def cleanup_cell(req: OdinwRequest, key: CellKey, out: Path) -> None:
+    """After a fine-tuning cell is recorded: drop its resumable checkpoints and weights."""
+    if req.keep_weights or key.shots == ZERO_SHOT:
+        return
+    run_dir = out / RUNS_DIR / key.file_stem
+    shutil.rmtree(run_dir / training_state.CHECKPOINTS, ignore_errors=True)
+    (run_dir / BEST_MODEL).unlink(missing_ok=True)
 
 
 def _label(key: CellKey) -> str:
@@ -353,23 +347,6 @@ def _set_aside(folder: Path) -> Path:
     return target
 
 
-def _quiet_console():
-    from rich.console import Console
-
-    return Console(quiet=True)
-
-
-def _free_memory() -> None:
-    gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:  # pragma: no cover - best effort
-        pass
-
-
 def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, progress: bool = False) -> OdinwReport:
     """Run every pending cell of the request and write the tables (see the module docstring)."""
     model = model or BenchModel()
@@ -380,19 +357,17 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
         raise GlipError("--prompts applies to the ODinW suites; a suite file gives each dataset its prompt_file")
     data_root = Path(req.data_root) if req.data_root is not None else None
     if full_suite.is_odinw and data_root is None:
-        from glipcli.bench.layout import default_data_root
-
         data_root = default_data_root()
     avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
                          need_train=req.trains)
     missing = avail.report()
     found = avail.require(req.skip_missing)
-    runner = _Runner(req, model, console, progress)
+    session = BenchSession(model, console, progress, eval_batch_size=req.eval_batch_size, cast_weights=False)
     for line in missing:
-        runner.say(f"skipping {line}")
+        session.say(f"skipping {line}")
     for d in found:
         for note in d.notes:
-            runner.say(f"{d.name}: {note}")
+            session.say(f"{d.name}: {note}")
 
     out = Path(req.output) if req.output is not None else default_output(suite.name, model)
     identity = {"benchmark": "odinw", "suite": full_suite.name, **model.identity()}
@@ -404,7 +379,7 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
     pending = store.pending([k for k, _ in cells])
     skipped = [k for k, _ in cells if k not in set(pending)]
     if skipped:
-        runner.say(f"{len(skipped)} of {len(cells)} cells already finished in {out} (skipped)")
+        session.say(f"{len(skipped)} of {len(cells)} cells already finished in {out} (skipped)")
 
     paper_model = model.paper_model
     paper_names = {e.name: e.paper_name for e in full_suite.datasets if isinstance(e, OdinwDataset)}
@@ -418,12 +393,12 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
     by_key = dict(cells)
     for key in pending:
         d = by_key[key]
-        result = runner.zero_shot(key, d) if key.shots == ZERO_SHOT else runner.finetune(key, d, out)
+        result = zero_shot_cell(session, key, d) if key.shots == ZERO_SHOT else finetune_cell(session, req, key, d, out)
         store.add(result)
-        runner.cleanup(key, out)
+        cleanup_cell(req, key, out)
         evaluated.append(key)
         store.write_tables(datasets=table_names(), model=paper_model, paper_names=paper_names, suite=full_suite.name)
-        runner.say(f"{_label(key)}: AP {100 * result.ap:.1f}, AP50 {100 * result.ap50:.1f} "
+        session.say(f"{_label(key)}: AP {100 * result.ap:.1f}, AP50 {100 * result.ap50:.1f} "
                    f"({result.info.get('images')} images, {result.info.get('eval_split')} split, "
                    f"{result.info.get('seconds')} s)")
     files = store.write_tables(datasets=table_names(), model=paper_model, paper_names=paper_names,
@@ -431,5 +406,3 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
     summary = summarize(store.cells(), table_names(), paper_model, paper_names, full_suite.name)
     return OdinwReport(out, full_suite.name, model.label, evaluated, skipped, missing, summary, files, paper_model)
 
-
-from glipcli.bench.standard import run_coco, run_flickr30k, run_lvis  # noqa: E402  (re-exported)

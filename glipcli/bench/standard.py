@@ -13,13 +13,13 @@ Data (the official formats; `--data-root DIR`, or explicit `--ann` / `--images` 
   `lvis_v1_val.json` (also under `DIR/annotations/` and `DIR/lvis/`); images under `DIR/coco/` (else
   `DIR/`) by `file_name`, or by the last two parts of `coco_url` (`val2017/000000397133.jpg`). The
   official protocol: 1203 class names in chunks of 40 (`TEST.CHUNKED_EVALUATION 40`), 300 detections
-  per image, boxes `w = x2 - x1` (no +1), fixed AP (`glipcli.bench.lvis_eval`: 10,000 detections per
+  per image, boxes `w = x2 - x1` (no +1), fixed AP (`glipcli.evaluation.lvis`: 10,000 detections per
   category over the set, no per-image limit), AP and APr / APc / APf.
 - Flickr30K Entities (`split` val or test): the release's `val.txt` / `test.txt`, `Sentences/`,
   `Annotations/` in `DIR/flickr30k_entities/` (or `DIR/` itself) and the images `<id>.jpg` in
   `DIR/flickr30k-images/` (also `flickr30k_images/`, `images/`). Each sentence is one caption whose
   boxed phrases are grounded (`GLIPPredictor.ground`, top 10 boxes per phrase after per-phrase NMS);
-  Recall@1/5/10 with the any-box protocol (`glipcli.bench.flickr_eval`).
+  Recall@1/5/10 with the any-box protocol (`glipcli.evaluation.flickr`).
 
 Resume: predictions are appended to `OUT/predictions.jsonl` as each image completes (its first line
 names the run; another model or ground truth in the same folder is refused). A re-run predicts only
@@ -36,14 +36,22 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from rich.table import Table
+
 from glipcli.bench import paper
-from glipcli.bench.coco_eval import coco_box_ap, load_ground_truth
-from glipcli.bench.detect_eval import (dataset_prompt_spec, detection_results, image_paths, map_classes,
-                                       require_evaluable)
-from glipcli.bench.model import BenchModel, default_output, say, shows_progress
+from glipcli.bench.model import BenchModel, default_output
 from glipcli.bench.paper import PaperValue
+from glipcli.bench.session import BenchSession
+from glipcli.bench.split_eval import detection_results
+from glipcli.data.transforms import load_image
 from glipcli.errors import GlipError
+from glipcli.evaluation.coco import coco_box_ap, load_ground_truth
+from glipcli.evaluation.detection import dataset_prompt_spec, image_paths, map_classes, require_evaluable
+from glipcli.evaluation.flickr import FlickrGroundTruth, FlickrPrediction, flickr_recall
+from glipcli.evaluation.lvis import LvisGroundTruth, lvis_box_ap
 from glipcli.io import atomic_write
+from glipcli.modeling.postprocess import ATSSPostProcessor
+from glipcli.prompts.prompt_file import PromptSpec
 
 PREDICTIONS_FILE = "predictions.jsonl"
 RESULT_FILES = ("result.json", "result.md")
@@ -173,8 +181,6 @@ class StandardReport:
         return "\n".join(lines) + "\n"
 
     def rich_table(self):
-        from rich.table import Table
-
         table = Table(title=f"{self.benchmark} ({self.images} images)")
         has_paper = any(p for _, _, p in self.rows())
         for column in ("metric", "ours") + (("paper",) if has_paper else ()):
@@ -196,39 +202,6 @@ def _write_report(report: StandardReport, identity: Mapping[str, Any]) -> Standa
 
 
 # -- shared ---------------------------------------------------------------------------------------------
-class _Session:
-    """The model (loaded only when something is left to predict), progress and messages."""
-
-    def __init__(self, model: BenchModel, console=None, progress: bool = False,
-                 configure: Callable[[Any], Any] | None = None):
-        self.choice = model
-        self.console = console
-        self.show_progress = shows_progress(console, progress)
-        self.device, self.dtype = model.check_device()
-        self.configure = configure
-        self._predictor = None
-
-    def say(self, text: str) -> None:
-        say(self.console, text)
-
-    def predictor(self):
-        if self._predictor is None:
-            from glipcli.predictor import GLIPPredictor
-
-            self.say(f"loading {self.choice.label}")
-            self._predictor = GLIPPredictor(self.choice.load(), device=self.device, dtype=self.dtype)
-            if self.configure is not None:
-                self.configure(self._predictor)
-        return self._predictor
-
-    def progress_bar(self):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=self.console, disable=not self.show_progress, transient=True)
-
-
 def _first(candidates: Sequence[Path], check: Callable[[Path], bool]) -> Path | None:
     return next((c for c in candidates if check(c)), None)
 
@@ -247,7 +220,7 @@ def _subset_note(max_images: int | None, total: int) -> list[str]:
     return [f"only the first {max_images} of {total} images were evaluated: not comparable with the paper"]
 
 
-def _predict_detections(session: _Session, log: PredictionLog, paths: Sequence[Path], ids: Sequence[Any], spec,
+def _predict_detections(session: BenchSession, log: PredictionLog, paths: Sequence[Path], ids: Sequence[Any], spec,
                         category_ids: Sequence[int], plus_one: bool, batch_size: int,
                         chunk_size: int | None, label: str) -> int:
     todo = [i for i, image_id in enumerate(ids) if image_id not in log]
@@ -290,7 +263,7 @@ def run_coco(data_root: str | Path | None = None, *, ann_file: str | Path | None
              ) -> StandardReport:
     """Zero-shot COCO val2017 box AP (pycocotools), with the paper's number for an official preset."""
     model = model or BenchModel()
-    session = _Session(model, console, progress)
+    session = BenchSession(model, console, progress)
     ann, img_dir = find_coco(data_root, ann_file, images)
     gt = load_ground_truth(ann)
     require_evaluable(gt, str(ann))
@@ -350,8 +323,6 @@ def lvis_file_name(image: Mapping) -> str:
 
 
 def _with_max_detections(predictor, max_detections: int) -> None:
-    from glipcli.modeling.postprocess import ATSSPostProcessor
-
     post = replace(predictor.cfg.postprocess, max_detections=max_detections)
     predictor.cfg = replace(predictor.cfg, postprocess=post)
     predictor.postprocessor = ATSSPostProcessor(post)
@@ -362,13 +333,11 @@ def run_lvis(data_root: str | Path | None = None, *, split: str = "minival", ann
              batch_size: int = 1, max_images: int | None = None, chunk_size: int = LVIS_CHUNK_SIZE,
              max_detections: int = LVIS_MAX_DETECTIONS, console=None, progress: bool = False) -> StandardReport:
     """Zero-shot LVIS fixed AP (official protocol, see the module docstring)."""
-    from glipcli.bench.lvis_eval import LvisGroundTruth, lvis_box_ap
-    from glipcli.prompts.prompt_file import PromptSpec
 
     if chunk_size < 1 or max_detections < 1:
         raise GlipError("--chunk-size and --max-detections must be at least 1")
     model = model or BenchModel()
-    session = _Session(model, console, progress, configure=lambda p: _with_max_detections(p, max_detections))
+    session = BenchSession(model, console, progress, configure=lambda p: _with_max_detections(p, max_detections))
     ann, img_dir = find_lvis(data_root, split, ann_file, images)
     try:
         data = json.loads(ann.read_text(encoding="utf-8"))
@@ -424,7 +393,6 @@ def find_flickr(data_root: str | Path | None, split: str, entities: str | Path |
 
 def ground_image(predictor, path: Path, sentences: Sequence, top_k: int) -> list[list[list[list[float]]]]:
     """Per sentence of one image, per phrase, its ranked boxes (xyxy, best first)."""
-    from glipcli.data.transforms import load_image
 
     image = load_image(path)
     out = []
@@ -441,14 +409,13 @@ def run_flickr30k(data_root: str | Path | None = None, *, split: str = "val", en
                   max_images: int | None = None, merge_boxes: bool = False, top_k: int = FLICKR_TOP_K,
                   console=None, progress: bool = False) -> StandardReport:
     """Flickr30K Entities phrase grounding Recall@1/5/10 (any-box protocol; `merge_boxes`: merged-box)."""
-    from glipcli.bench.flickr_eval import FlickrGroundTruth, FlickrPrediction, flickr_recall
 
     if split not in ("val", "test"):
         raise GlipError(f"Flickr30K split must be val or test (got {split!r})")
     if top_k < 10:
         raise GlipError(f"--top-k must be at least 10 for Recall@10 (got {top_k})")
     model = model or BenchModel()
-    session = _Session(model, console, progress)
+    session = BenchSession(model, console, progress)
     ent, img_dir = find_flickr(data_root, split, entities, images)
     listing = [line.strip() for line in (ent / f"{split}.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     chosen = _limit(listing, max_images)

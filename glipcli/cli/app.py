@@ -11,6 +11,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # click's plain help: names, a short metavar, and the help text wrapped under them (reads well at 80
+    # columns, where rich's option table squeezed the help into a narrow strip beside the type column)
+    rich_markup_mode=None,
 )
 stdout = Console()
 stderr = Console(stderr=True)

@@ -1,6 +1,6 @@
 """`glip bench`: ODinW transfer (zero-shot, few-shot, full data; full / prompt / linear tuning) and the paper's
 COCO, LVIS and Flickr30K evaluations; the synthetic world's held-out transfer (`glip bench synthetic`). The work is
-done by `glipcli.bench.runner` / `glipcli.bench.standard` / `glipcli.bench.synthetic`."""
+done by `glipcli.bench.runner` / `glipcli.bench.standard` / `glipcli.nano.bench`."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt, WeightsOpt
 
 bench_app = typer.Typer(name="bench", no_args_is_help=True, pretty_exceptions_enable=False,
+                        short_help="Benchmarks: ODinW, COCO, LVIS, Flickr30K, synthetic world.",
                         help="Benchmarks: ODinW transfer across shots, seeds and tuning modes; COCO, LVIS, Flickr30K; "
                              "the synthetic world (held-out transfer of glip-nano).")
 app.add_typer(bench_app, name="bench")
@@ -28,6 +29,7 @@ EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", min=1,
 
 
 def _model(model, weights, config, device, dtype):
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.model import BenchModel
 
     return BenchModel(model=model, weights=weights, config=config, device=device, dtype=dtype)
@@ -39,7 +41,7 @@ def _print_files(files, quiet: bool) -> None:
             stderr.print(f"wrote {path}", highlight=False)
 
 
-@bench_app.command("odinw")
+@bench_app.command("odinw", short_help="ODinW (or your own suite): zero-shot, K-shot, full data.")
 def odinw(
     zero_shot: Annotated[bool, typer.Option("--zero-shot", help="Zero-shot cells (the default when no training "
                                                                   "is asked for).")] = False,
@@ -81,6 +83,7 @@ def odinw(
     Needs the datasets: --data-root DIR with odinw/<name>/ (official layout) or <name>/{train,valid}/
     Roboflow exports. Finished cells are skipped on a re-run with the same --output.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.results import rich_table
     from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw
 
@@ -98,7 +101,7 @@ def odinw(
         _print_files((report.files.json, report.files.csv, report.files.markdown), quiet)
 
 
-@bench_app.command("coco")
+@bench_app.command("coco", short_help="Zero-shot COCO val2017 box AP, beside the paper's.")
 def coco(
     data_root: DataRootOpt = None,
     ann: Annotated[Optional[Path], typer.Option(help="instances_val2017.json (default: "
@@ -119,6 +122,7 @@ def coco(
 
     Needs COCO val2017: DATA_ROOT/annotations/instances_val2017.json and DATA_ROOT/val2017/.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_coco
 
     report = run_coco(data_root, ann_file=ann, images=images, model=_model(model, weights, config, device, dtype),
@@ -127,7 +131,7 @@ def coco(
     _show(report, quiet)
 
 
-@bench_app.command("lvis")
+@bench_app.command("lvis", short_help="Zero-shot LVIS fixed AP (AP, APr, APc, APf).")
 def lvis(
     data_root: DataRootOpt = None,
     split: Annotated[str, typer.Option(
@@ -153,6 +157,7 @@ def lvis(
     Needs LVIS v1 annotations (e.g. DATA_ROOT/coco/annotations/lvis_v1_minival_inserted_image_name.json) and the
     COCO images (DATA_ROOT/coco/val2017/, train2017/).
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_lvis
 
     report = run_lvis(data_root, split=split, ann_file=ann, images=images,
@@ -162,7 +167,7 @@ def lvis(
     _show(report, quiet)
 
 
-@bench_app.command("flickr30k")
+@bench_app.command("flickr30k", short_help="Flickr30K Entities phrase grounding: Recall@1/5/10.")
 def flickr30k(
     data_root: DataRootOpt = None,
     split: Annotated[str, typer.Option(help="val or test.")] = "val",
@@ -186,6 +191,7 @@ def flickr30k(
 
     Needs the Flickr30K Entities annotations and the Flickr30K images.
     """
+    # deferred import: keeps `glip --help` fast
     from glipcli.bench.standard import run_flickr30k
 
     report = run_flickr30k(data_root, split=split, entities=entities, images=images,
@@ -204,7 +210,7 @@ def _show(report, quiet: bool) -> None:
     _print_files(report.files, quiet)
 
 
-@bench_app.command("synthetic")
+@bench_app.command("synthetic", short_help="Held-out synthetic world: transfer of glip-nano.")
 def synthetic(
     model: Annotated[Optional[str], typer.Option(
         "--model", "-m", help="Preset or checkpoint path, as for `glip detect`. Default: nano (unless --weights "
@@ -237,7 +243,8 @@ def synthetic(
     never-seen shape zero-shot / after K-shot fine-tuning / after prompt tuning, and plain vs synonym vs
     descriptive prompts. One table; JSON and Markdown in --output. Needs nothing on disk.
     """
-    from glipcli.bench.synthetic import SyntheticRequest, rich_table, run_synthetic
+    # deferred import: keeps `glip --help` fast
+    from glipcli.nano.bench import SyntheticRequest, rich_table, run_synthetic
 
     if model is None and weights is None and config is None:
         model = "nano"

@@ -18,7 +18,7 @@ from glipcli.errors import GlipError
 # -- options shared by detect and ground ---------------------------------------------------------
 ImagesArg = Annotated[list[str], typer.Argument(
     help="Image files, folders (the images inside, sorted) or quoted glob patterns ('imgs/*.jpg').",
-    show_default=False)]
+    metavar="IMAGE", show_default=False)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", help="Preset (glip-t, glip-t-a, glip-t-b, glip-t-c, glip-l: official weights from the "
     "Hugging Face hub unless --weights is given; nano: the small GLIP whose weights ship with glip, offline) or a "
@@ -40,12 +40,14 @@ def load_predictor(model: str | None, weights: Path | None, config: Path | None,
     """The predictor for the CLI's model options (see `GLIPPredictor.from_pretrained`).
     Device, dtype and the weights file (hub download included) are resolved before the model
     code is imported, so their errors come fast."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.device import resolve_device, resolve_dtype
     from glipcli.weights import load_model, resolve_model_source
 
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype)
     source = resolve_model_source(model=model, weights=weights, config=config)
+    # deferred import: keeps `glip --help` fast
     from glipcli.predictor import GLIPPredictor
 
     return GLIPPredictor(load_model(source), device=resolved_device, dtype=resolved_dtype)
@@ -63,6 +65,7 @@ class OutputFiles:
     vis_names: dict[int, Path] = field(default_factory=dict)  # input index -> rendering path
 
     def plan_visualisations(self, sources: Sequence[Path]) -> None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.visualize import output_name
 
         if self.vis_dir is None:
@@ -73,6 +76,7 @@ class OutputFiles:
         self.vis_names = {i: self.vis_dir / output_name(str(s), taken) for i, s in enumerate(sources)}
 
     def check(self) -> None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.io import check_writable
 
         files = [p for p in (self.json, self.coco) if p is not None] + list(self.vis_names.values())
@@ -82,6 +86,7 @@ class OutputFiles:
             check_writable(path, self.overwrite)
 
     def write_json(self, path: Path, data: Any, quiet: bool) -> None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.io import write_json
 
         write_json(path, data, overwrite=self.overwrite)
@@ -110,6 +115,7 @@ def run_images(items: Iterator, total: int, quiet: bool,
     when it is a terminal and not quiet), one line per unreadable input as it is met (when more
     than one input), `on_result(prepared, result)` per image (e.g. to save a rendering while the
     decoded image is at hand)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.data.batching import ImageFailure
 
     start = time.perf_counter()

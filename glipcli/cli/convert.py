@@ -11,7 +11,7 @@ from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, OverwriteOpt
 
 
-@app.command()
+@app.command(short_help="Write a checkpoint as glip safetensors (weights + config).")
 def convert(
     source: Annotated[Path, typer.Argument(help="Official .pth (or a glip .safetensors) checkpoint.",
                                            show_default=False)],
@@ -24,6 +24,7 @@ def convert(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Write the model weights only (no optimizer state, no pickle) with the config inside."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.convert import convert_checkpoint
 
     report = convert_checkpoint(source, target, model=model, config=config, dtype=dtype, overwrite=overwrite)

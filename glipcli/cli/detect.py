@@ -22,7 +22,7 @@ MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one
 def detect(
     images: ImagesArg,
     prompt: Annotated[Optional[list[str]], typer.Option(
-        "--prompt", "-p", help='Class names: "person. bicycle." (repeatable).')] = None,
+        "--prompt", "-p", metavar="TEXT", help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     prompt_file: Annotated[Optional[Path], typer.Option(
         help="A YAML prompt file (names, grounded texts, prefixes/suffixes, thresholds, suppression).")] = None,
@@ -50,11 +50,13 @@ def detect(
              "prompt is given, and any other prompt is refused.")] = None,
 ) -> None:
     """Detect the prompt's classes in each image."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
 
     tuned = None
     if adapter is not None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.engine.prompt_tuning import load_adapter
         from glipcli.prompts.prompt_file import PromptSpec
 
@@ -73,13 +75,15 @@ def detect(
     outputs.check()
     coco_index = None
     if coco_gt is not None:
-        from glipcli.coco import CocoIndex
+        # deferred import: keeps `glip --help` fast
+        from glipcli.coco_results import CocoIndex
 
         coco_index = CocoIndex.load(coco_gt)
         coco_index.check(sources, spec.names)
 
     predictor = load_predictor(model, weights, config, device, dtype)
-    from glipcli.chunked import iter_detect_with_spec
+    # deferred import: keeps `glip --help` fast
+    from glipcli.chunked_detection import iter_detect_with_spec
 
     if tuned is not None:
         _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
@@ -95,7 +99,8 @@ def detect(
     if json_out is not None and not outcome.nothing_read:
         outputs.write_json(json_out, [r.to_dict() for r in outcome.results], quiet)
     if coco_index is not None and coco_results is not None and not outcome.nothing_read:
-        from glipcli.coco import coco_results as to_coco
+        # deferred import: keeps `glip --help` fast
+        from glipcli.coco_results import coco_results as to_coco
 
         outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
     finish(outcome, len(sources))
@@ -104,6 +109,7 @@ def detect(
 def _apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
     """Check that the adapter fits the model and the prompt (one caption, the tuned one), then
     attach it to the model's text encoder."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.chunking import plan_chunks
 
     tuned.check_model(predictor.model, source=source)
@@ -118,6 +124,7 @@ def _vis_writer(outputs: OutputFiles):
     """Save a rendering per image while its decoded copy is at hand (None: no --save-vis)."""
     if outputs.vis_dir is None:
         return None
+    # deferred import: keeps `glip --help` fast
     from glipcli.visualize import DrawBox, render, save_image
 
     def write(prepared, result) -> None:

@@ -13,7 +13,7 @@ from glipcli.errors import GlipError
 MODES = ("full", "linear-probe")
 
 
-@app.command()
+@app.command(short_help="Fine-tune GLIP on a COCO detection dataset.")
 def finetune(
     output: opt.Output,
     data: opt.DataDir = None,
@@ -72,6 +72,7 @@ def finetune(
 def _stored_task(output) -> str | None:
     import json
 
+    # deferred import: keeps `glip --help` fast
     from glipcli.engine.trainer import RUN_FILE
 
     try:

@@ -14,18 +14,18 @@ from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, Im
                                 finish, load_predictor, run_images)
 
 
-@app.command()
+@app.command(short_help="Ground a caption's phrases in each image.")
 def ground(
     images: ImagesArg,
     caption: Annotated[str, typer.Argument(
-        help='The caption; "\\[a woman] holding \\[a cup of coffee]" marks phrases with brackets.',
+        help='The caption; "[a woman] holding [a cup of coffee]" marks phrases with brackets.',
         show_default=False)],
     phrase: Annotated[Optional[list[str]], typer.Option(
-        "--phrase", help="A phrase of the caption to ground (repeatable; overlaps allowed).")] = None,
+        "--phrase", metavar="TEXT", help="A phrase of the caption to ground (repeatable; overlaps allowed).")] = None,
     phrase_span: Annotated[Optional[list[str]], typer.Option(
-        help="A phrase given by character span START:END of the caption (brackets removed), "
+        metavar="START:END", help="A phrase given by character span START:END of the caption (brackets removed), "
              "for a phrase that occurs more than once (repeatable).")] = None,
-    markup: Annotated[bool, typer.Option(help="Read \\[brackets] in the caption as phrase markup.")] = True,
+    markup: Annotated[bool, typer.Option(help="Read [brackets] in the caption as phrase markup.")] = True,
     top_k: Annotated[int, typer.Option(min=1, help="Boxes kept per phrase, best first.")] = 1,
     box_threshold: Annotated[float, typer.Option(
         help="Drop boxes scoring below this (0: every phrase gets its best box).")] = 0.0,
@@ -42,6 +42,7 @@ def ground(
     quiet: QuietOpt = False,
 ) -> None:
     """Ground the caption's phrases in each image (no phrase given: the whole caption)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.data.sources import expand_image_args
     from glipcli.grounding import grounding_phrases, parse_span
 
@@ -69,6 +70,7 @@ def ground(
 def _vis_writer(outputs: OutputFiles):
     if outputs.vis_dir is None:
         return None
+    # deferred import: keeps `glip --help` fast
     from glipcli.visualize import DrawBox, render, save_image
 
     def write(prepared, result) -> None:

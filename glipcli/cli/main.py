@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def os_error_message(exc: OSError) -> str:
     """One line for an OSError: the file, then the reason ("no space left on device", ...)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.io import os_reason
 
     return f"{exc.filename}: {os_reason(exc)}" if exc.filename is not None else os_reason(exc)

@@ -14,7 +14,7 @@ from glipcli.errors import GlipError
 DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
 
 
-@app.command()
+@app.command(short_help="Pre-train GLIP (default: nano on the synthetic world).")
 def pretrain(
     output: Annotated[Path, typer.Option(help="Run folder: run.json, log.jsonl, checkpoints/, model.safetensors.",
                                          rich_help_panel=RUN)],
@@ -101,11 +101,13 @@ def pretrain(
     """
     import torch
 
-    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
+    # deferred import: keeps `glip --help` fast
+    from glipcli.nano.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
 
     if threads is not None:
         torch.set_num_threads(threads)
     if export is not None:
+        # deferred import: keeps `glip --help` fast
         from glipcli.io import check_writable
 
         check_writable(export, overwrite)
@@ -120,7 +122,8 @@ def pretrain(
     if resume:
         run = read_run(output)
         stored = PretrainConfig.from_dict(run["config"])
-        from glipcli.engine.pretrain import RESUME_FREE
+        # deferred import: keeps `glip --help` fast
+        from glipcli.nano.pretrain import RESUME_FREE
 
         for key, value in given.items():
             if key not in RESUME_FREE and getattr(stored, key) != value:
@@ -137,7 +140,8 @@ def pretrain(
         if preset is not None and init is not None:
             raise GlipError("give --preset (from scratch) or --init (from weights), not both")
         source = _source(data, world_images, config.seed)
-        from glipcli.engine.pretrain import build_pretrain_model
+        # deferred import: keeps `glip --help` fast
+        from glipcli.nano.pretrain import build_pretrain_model
 
         model, text_encoder = build_pretrain_model(preset or "nano", init=init, seed=config.seed)
         run_info = {"model": {"preset": None if init is not None else (preset or "nano"),
@@ -164,7 +168,8 @@ def pretrain(
 
 
 def _source(data: Path | None, world_images: int | None, seed: int):
-    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+    # deferred import: keeps `glip --help` fast
+    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     if data is not None:
         if world_images is not None:
@@ -174,7 +179,8 @@ def _source(data: Path | None, world_images: int | None, seed: int):
 
 
 def _resumed_source(run: dict, data: Path | None, world_images: int | None):
-    from glipcli.data.pretrain_data import CocoGroundingSource, WorldSource
+    # deferred import: keeps `glip --help` fast
+    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
 
     described = run.get("source") or {}
     if described.get("kind") == "coco":
@@ -190,11 +196,8 @@ def _resumed_source(run: dict, data: Path | None, world_images: int | None):
 
 
 def _resumed_model(run: dict):
-    import json
-
-    from glipcli.checkpoint import FORMAT_TAG
+    # deferred import: keeps `glip --help` fast
+    from glipcli.config import GLIPConfig
     from glipcli.modeling.glip import GLIP
-    from glipcli.predictor import config_from_checkpoint_metadata
 
-    cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
-    return GLIP(cfg)
+    return GLIP(GLIPConfig.from_dict(run["model_config"]))

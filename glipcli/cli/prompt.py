@@ -14,16 +14,17 @@ prompt_app = typer.Typer(help="Inspect prompts before running a model.", no_args
 app.add_typer(prompt_app, name="prompt")
 
 
-@prompt_app.command("show")
+@prompt_app.command("show", short_help="Each caption a prompt becomes: phrase spans, wordpieces, tokens.")
 def show(
     prompt_file: Annotated[Optional[Path], typer.Argument(help="A YAML prompt file.", show_default=False)] = None,
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p",
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT",
                                                         help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(help="At most this many classes per caption.")] = None,
     max_tokens: Annotated[int, typer.Option(help="The model's token budget ([CLS] and [SEP] included).")] = 256,
 ) -> None:
     """Show each caption the prompt becomes, every phrase's span and wordpieces, and the tokens used."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.chunking import plan_chunks
     from glipcli.prompts.prompt_file import load_prompt_spec
 
@@ -37,6 +38,7 @@ def show(
 
 def preview_lines(plan) -> list[str]:
     """The preview as plain text lines (one block per chunk)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.prompts.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer()

@@ -10,7 +10,7 @@ from glipcli.cli import training_options as opt
 from glipcli.cli.app import app
 
 
-@app.command("prompt-tune")
+@app.command("prompt-tune", short_help="Tune a prompt offset on frozen text features.")
 def prompt_tune(
     output: opt.Output,
     data: opt.DataDir = None,

@@ -23,7 +23,7 @@ def _range(text: str, what: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-@app.command("synth-data")
+@app.command("synth-data", short_help="Write a synthetic grounding dataset (COCO + captions).")
 def synth_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (train/, valid/, test/, prompts/).",
                                             show_default=False)],
@@ -36,8 +36,9 @@ def synth_data(
              "held-out combinations, the only categories), novel-shape (the held-out shape, the only "
              "category) or all.")] = "pretrain",
     held_out: Annotated[Optional[list[str]], typer.Option(
-        "--held-out", help="A held-out colour-shape combination, e.g. 'purple star' (repeatable; default: "
-                           "purple star, orange circle, green triangle, blue ring, yellow cross, red hexagon).",
+        "--held-out", metavar="TEXT",
+        help="A held-out colour-shape combination, e.g. 'purple star' (repeatable; default: "
+             "purple star, orange circle, green triangle, blue ring, yellow cross, red hexagon).",
         show_default=False)] = None,
     held_out_shape: Annotated[str, typer.Option(help="The shape never drawn in pre-training ('none': none).")
                               ] = "arrow",
@@ -45,7 +46,7 @@ def synth_data(
         help="Category kind: colour-shape ('red circle'), shape ('circle') or colour ('red'). "
              "Default: the task's.", show_default=False)] = None,
     classes: Annotated[Optional[list[str]], typer.Option(
-        "--class", help="Restrict the categories to these names (repeatable); other objects are drawn "
+        "--class", metavar="NAME", help="Restrict the categories to these names (repeatable); other objects are drawn "
                         "unannotated.", show_default=False)] = None,
     captions: Annotated[int, typer.Option(min=0, help="Grounding captions per image.")] = 2,
     size: Annotated[str, typer.Option(help="Image width and height range in pixels: N or MIN-MAX.")] = "224-288",
@@ -55,7 +56,8 @@ def synth_data(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Write a procedural grounding dataset: COCO detection + captions with phrase spans."""
-    from glipcli.data.synthetic import (DEFAULT_HELD_OUT_COMBOS, CategoryScheme, HeldOut, WorldConfig,
+    # deferred import: keeps `glip --help` fast
+    from glipcli.nano.synthetic import (DEFAULT_HELD_OUT_COMBOS, CategoryScheme, HeldOut, WorldConfig,
                                         parse_combo, task_categories, write_coco_dataset)
 
     combos = [parse_combo(c) for c in held_out] if held_out else list(DEFAULT_HELD_OUT_COMBOS)

@@ -82,6 +82,7 @@ ShowProgress = Annotated[bool, typer.Option(help="Show the progress bar (stderr)
 def run(task: str, *, data, train_ann, train_images, val_ann, val_images, test_ann, test_images, prompt_file,
         model, config, weights, output, resume, cpu, progress, options: dict[str, Any]) -> None:
     """Build the request and train; a Ctrl-C ends with the message of the trainer (exit 130)."""
+    # deferred import: keeps `glip --help` fast
     from glipcli.engine.runs import RunRequest, run_training
 
     request = RunRequest(task=task, output=output, data=data, train_ann=train_ann, train_images=train_images,

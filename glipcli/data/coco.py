@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
 from glipcli.errors import GlipError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-ROBOFLOW_ANNOTATION_FILE = "_annotations.coco.json"
 
 
 @dataclass(frozen=True)
@@ -131,64 +131,6 @@ class CocoDetectionData:
         return [r.index for r in self.images if r.num_boxes > 0]
 
 
-@dataclass(frozen=True)
-class SplitPaths:
-    ann: Path
-    images: Path
-
-
-# -- locating the splits ---------------------------------------------------------------------------
-def roboflow_splits(data_dir: str | Path) -> dict[str, SplitPaths]:
-    """The splits of a Roboflow export `DIR/{train,valid,test}/_annotations.coco.json` (images
-    beside each file). `val` and `validation` folders are accepted for `valid`."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise GlipError(f"{root}: no such dataset folder")
-    found: dict[str, SplitPaths] = {}
-    aliases = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
-    for split, names in aliases.items():
-        for name in names:
-            ann = root / name / ROBOFLOW_ANNOTATION_FILE
-            if ann.is_file():
-                found[split] = SplitPaths(ann, ann.parent)
-                break
-    if "train" not in found:
-        raise GlipError(f"{root}: no train/{ROBOFLOW_ANNOTATION_FILE} (expected the Roboflow COCO layout "
-                        f"DIR/{{train,valid,test}}/{ROBOFLOW_ANNOTATION_FILE})")
-    return found
-
-
-def resolve_splits(data_dir: str | Path | None = None, *, train_ann: str | Path | None = None,
-                   train_images: str | Path | None = None, val_ann: str | Path | None = None,
-                   val_images: str | Path | None = None, test_ann: str | Path | None = None,
-                   test_images: str | Path | None = None) -> dict[str, SplitPaths]:
-    """Splits from `--data DIR` (Roboflow layout) and/or explicit annotation/image paths.
-
-    Explicit paths override the folder's; an explicit annotation file without an image folder
-    takes the images from the annotation file's folder."""
-    splits: dict[str, SplitPaths] = roboflow_splits(data_dir) if data_dir is not None else {}
-    for split, ann, images, flag in (("train", train_ann, train_images, "--train"),
-                                     ("valid", val_ann, val_images, "--val"),
-                                     ("test", test_ann, test_images, "--test")):
-        if ann is None and images is None:
-            continue
-        if ann is None:
-            if split not in splits:
-                raise GlipError(f"{flag}-images given without {flag}-ann")
-            splits[split] = SplitPaths(splits[split].ann, Path(images))
-            continue
-        ann = Path(ann)
-        if not ann.is_file():
-            raise GlipError(f"{ann}: no such annotation file")
-        splits[split] = SplitPaths(ann, Path(images) if images is not None else ann.parent)
-    if "train" not in splits:
-        raise GlipError("no training data: pass --data DIR (Roboflow COCO layout) or --train-ann FILE")
-    for paths in splits.values():
-        if not paths.images.is_dir():
-            raise GlipError(f"{paths.images}: no such image folder")
-    return splits
-
-
 # -- reading -----------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict:
     try:
@@ -260,8 +202,6 @@ def placeholder_category_ids(categories: Sequence[dict], used: set) -> set:
 def _displayed_size(path: Path) -> tuple[int, int]:
     """(width, height) as shown, i.e. after the EXIF orientation; reads the header only. The
     orientation is read exactly as `load_image` reads it (invalid or broken EXIF: none)."""
-    from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
-
     try:
         with Image.open(path) as image:
             width, height = image.size
@@ -311,8 +251,35 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
     image_dir = Path(image_dir) if image_dir is not None else ann_path.parent
     data = _read_json(ann_path)
     categories = _categories(data, ann_path)
-    cat_by_id = {c["id"]: c for c in categories}
+    images = _images_by_id(data, ann_path)
+    per_image, used = _annotations_by_image(data, images, {c["id"] for c in categories}, ann_path)
+    placeholders = placeholder_category_ids(categories, used)
+    stats = DataStats(placeholder_categories=[c["name"] for c in categories if c["id"] in placeholders])
+    classes, category_ids = _classes(categories, used, placeholders, reference, ann_path)
+    label_of = {cid: i for i, cid in enumerate(category_ids)}
 
+    missing: list[str] = []
+    records: list[ImageRecord] = []
+    ids = sorted(images, key=lambda k: (isinstance(k, str), k))
+    for image_id in ids:
+        entry = images[image_id]
+        path = _image_path(image_dir, entry["file_name"])
+        if path is None:
+            missing.append(entry["file_name"])
+            continue
+        record = _image_record(len(records), image_id, entry, path, per_image[image_id], label_of, placeholders,
+                               stats, ann_path)
+        stats.boxes += record.num_boxes
+        stats.images_without_boxes += int(record.num_boxes == 0)
+        records.append(record)
+    stats.images = len(records)
+    _check_split(records, missing, stats, ann_path, image_dir, split)
+    return CocoDetectionData(split=split, ann_path=ann_path, image_dir=image_dir, classes=classes,
+                             category_ids=category_ids, images=records, stats=stats)
+
+
+def _images_by_id(data: dict, ann_path: Path) -> dict[Any, dict]:
+    """The file's image entries by id, each checked to have an id and a file name."""
     images: dict[Any, dict] = {}
     for i, entry in enumerate(data["images"]):
         if not isinstance(entry, dict):
@@ -324,7 +291,13 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
         if entry["id"] in images:
             raise GlipError(f"{ann_path}: duplicate image id {entry['id']!r}")
         images[entry["id"]] = entry
+    return images
 
+
+def _annotations_by_image(data: dict, images: dict[Any, dict], category_ids: set, ann_path: Path
+                          ) -> tuple[dict[Any, list[dict]], set]:
+    """The annotations of each image, each checked (ids, image, category, bbox present), and the
+    category ids in use."""
     used: set = set()
     per_image: dict[Any, list[dict]] = {k: [] for k in images}
     for i, ann in enumerate(data["annotations"]):
@@ -341,13 +314,17 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
                                 f"got {type(ann[key]).__name__}")
         if ann["image_id"] not in images:
             raise GlipError(f"{ann_path}: annotation {ident} refers to unknown image id {ann['image_id']!r}")
-        if ann["category_id"] not in cat_by_id:
+        if ann["category_id"] not in category_ids:
             raise GlipError(f"{ann_path}: annotation {ident} has unknown category id {ann['category_id']!r}")
         used.add(ann["category_id"])
         per_image[ann["image_id"]].append(ann)
+    return per_image, used
 
-    placeholders = placeholder_category_ids(categories, used)
-    stats = DataStats(placeholder_categories=[c["name"] for c in categories if c["id"] in placeholders])
+
+def _classes(categories: list[dict], used: set, placeholders: set, reference: CocoDetectionData | None,
+             ann_path: Path) -> tuple[list[str], list[Any]]:
+    """(class names, their category ids): the reference's, checked against this file's categories,
+    else this file's categories minus the placeholder (names unique)."""
     if reference is None:
         kept = [c for c in categories if c["id"] not in placeholders]
         if not kept:
@@ -375,76 +352,70 @@ def load_coco(ann_path: str | Path, image_dir: str | Path | None = None, split: 
             if ref_names[cat["id"]] != cat["name"]:
                 raise GlipError(f"{ann_path}: category {cat['id']} is {cat['name']!r} here but "
                                 f"{ref_names[cat['id']]!r} in the training split")
-    label_of = {cid: i for i, cid in enumerate(category_ids)}
+    return classes, category_ids
 
-    missing: list[str] = []
-    records: list[ImageRecord] = []
-    ids = sorted(images, key=lambda k: (isinstance(k, str), k))
-    for image_id in ids:
-        entry = images[image_id]
-        path = _image_path(image_dir, entry["file_name"])
-        if path is None:
-            missing.append(entry["file_name"])
+
+def _image_record(index: int, image_id: Any, entry: dict, path: Path, annotations: list[dict],
+                  label_of: dict[Any, int], placeholders: set, stats: DataStats, ann_path: Path) -> ImageRecord:
+    """One image's record: its displayed size and cleaned boxes (crowd regions apart); counts go to `stats`."""
+    width, height = _displayed_size(path)
+    jw, jh = _number(entry.get("width")), _number(entry.get("height"))
+    if jw is not None and jh is not None and (int(jw), int(jh)) != (width, height):
+        stats.size_mismatch += 1
+        if stats.size_mismatch == 1:
+            log.warning("%s: image %s is %dx%d but the JSON says %dx%d; its boxes are read in the "
+                        "displayed (EXIF-oriented) frame", ann_path, entry["file_name"], width, height,
+                        int(jw), int(jh))
+    boxes, labels, areas, crowd = [], [], [], []
+    for ann in annotations:
+        stats.annotations += 1
+        if ann["category_id"] in placeholders:
+            raise GlipError(f"{ann_path}: annotation {ann.get('id')} uses placeholder category "
+                            f"{ann['category_id']}")
+        try:
+            box, outside = clean_box(ann["bbox"], width, height)
+        except ValueError as exc:
+            raise GlipError(f"{ann_path}: annotation {ann.get('id', '?')}: {exc}") from None
+        if box is None:
+            stats.degenerate += 1
             continue
-        width, height = _displayed_size(path)
-        jw, jh = _number(entry.get("width")), _number(entry.get("height"))
-        if jw is not None and jh is not None and (int(jw), int(jh)) != (width, height):
-            stats.size_mismatch += 1
-            if stats.size_mismatch == 1:
-                log.warning("%s: image %s is %dx%d but the JSON says %dx%d; its boxes are read in the "
-                            "displayed (EXIF-oriented) frame", ann_path, entry["file_name"], width, height,
-                            int(jw), int(jh))
-        boxes, labels, areas, crowd = [], [], [], []
-        for ann in per_image[image_id]:
-            stats.annotations += 1
-            if ann["category_id"] in placeholders:
-                raise GlipError(f"{ann_path}: annotation {ann.get('id')} uses placeholder category "
-                                f"{ann['category_id']}")
-            try:
-                box, outside = clean_box(ann["bbox"], width, height)
-            except ValueError as exc:
-                raise GlipError(f"{ann_path}: annotation {ann.get('id', '?')}: {exc}") from None
-            if box is None:
-                stats.degenerate += 1
-                continue
-            stats.clipped += int(outside)
-            if ann["category_id"] not in label_of:
-                raise GlipError(f"{ann_path}: annotation {ann.get('id')} has category {ann['category_id']}, "
-                                "which is not a class of the training split")
-            if ann.get("iscrowd", 0) in (1, True):
-                stats.crowd += 1
-                crowd.append((box, label_of[ann["category_id"]]))
-                continue
-            boxes.append(box)
-            labels.append(label_of[ann["category_id"]])
-            area = _number(ann.get("area"))
-            w, h = float(box[2] - box[0] + 1), float(box[3] - box[1] + 1)
-            areas.append(area if area is not None and area > 0 and not outside else w * h)
-        record = ImageRecord(
-            index=len(records), image_id=image_id, file_name=entry["file_name"], path=path,
-            width=width, height=height,
-            boxes=np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
-            labels=np.asarray(labels, dtype=np.int64),
-            areas=np.asarray(areas, dtype=np.float32),
-            crowd_boxes=np.stack([b for b, _ in crowd]).astype(np.float32) if crowd else np.zeros((0, 4), np.float32),
-            crowd_labels=np.asarray([lab for _, lab in crowd], dtype=np.int64))
-        stats.boxes += record.num_boxes
-        stats.images_without_boxes += int(record.num_boxes == 0)
-        records.append(record)
+        stats.clipped += int(outside)
+        if ann["category_id"] not in label_of:
+            raise GlipError(f"{ann_path}: annotation {ann.get('id')} has category {ann['category_id']}, "
+                            "which is not a class of the training split")
+        if ann.get("iscrowd", 0) in (1, True):
+            stats.crowd += 1
+            crowd.append((box, label_of[ann["category_id"]]))
+            continue
+        boxes.append(box)
+        labels.append(label_of[ann["category_id"]])
+        area = _number(ann.get("area"))
+        w, h = float(box[2] - box[0] + 1), float(box[3] - box[1] + 1)
+        areas.append(area if area is not None and area > 0 and not outside else w * h)
+    return ImageRecord(
+        index=index, image_id=image_id, file_name=entry["file_name"], path=path,
+        width=width, height=height,
+        boxes=np.stack(boxes).astype(np.float32) if boxes else np.zeros((0, 4), np.float32),
+        labels=np.asarray(labels, dtype=np.int64),
+        areas=np.asarray(areas, dtype=np.float32),
+        crowd_boxes=np.stack([b for b, _ in crowd]).astype(np.float32) if crowd else np.zeros((0, 4), np.float32),
+        crowd_labels=np.asarray([lab for _, lab in crowd], dtype=np.int64))
+
+
+def _check_split(records: list[ImageRecord], missing: list[str], stats: DataStats, ann_path: Path,
+                 image_dir: Path, split: str) -> None:
+    """Refuse a split with missing image files, no images or not a single usable box."""
     if missing:
         raise GlipError(f"{ann_path}: {len(missing)} image file{'s' if len(missing) != 1 else ''} missing from "
                         f"{image_dir} (e.g. {missing[0]!r})")
     if not records:
         raise GlipError(f"{ann_path}: no images (the {split} split is empty)")
-    stats.images = len(records)
     if stats.boxes == 0:
         detail = (f"{stats.annotations} annotations, none usable: {stats.degenerate} without area, "
                   f"{stats.crowd} crowd" if stats.annotations else "no annotations at all")
         purpose = "to train on" if split == "train" else "to evaluate against"
         raise GlipError(f"{ann_path}: no boxes {purpose} in the {len(records)} images of the {split} split "
                         f"({detail})")
-    return CocoDetectionData(split=split, ann_path=ann_path, image_dir=image_dir, classes=classes,
-                             category_ids=category_ids, images=records, stats=stats)
 
 
 def coco_ground_truth(data: CocoDetectionData) -> dict[str, Any]:

@@ -10,37 +10,17 @@ are not results.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 
 import torch
 
 from glipcli.data.coco import CocoDetectionData, coco_ground_truth
 from glipcli.data.training_prompt import TrainingPrompt
 from glipcli.data.transforms import batch_images, load_image, preprocess_image
+from glipcli.evaluation.coco import coco_box_ap
+from glipcli.evaluation.metrics import DetectionMetrics
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, phrase_scores, rescale_boxes
-
-from glipcli.bench.coco_eval import METRIC_NAMES  # noqa: F401  (re-exported for callers)
-
-
-@dataclass
-class EvalResult:
-    """pycocotools summary (`METRIC_NAMES`, -1 where undefined, e.g. no boxes of that size),
-    per-class AP (IoU 0.50:0.95), image and detection counts."""
-
-    metrics: dict[str, float]
-    per_class_ap: dict[str, float] = field(default_factory=dict)
-    num_images: int = 0
-    num_detections: int = 0
-
-    @property
-    def ap(self) -> float:
-        """The AP that selects the best model (undefined -> 0)."""
-        return max(self.metrics.get("AP", 0.0), 0.0)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @torch.no_grad()
@@ -88,20 +68,18 @@ def predict_split(model: GLIP, data: CocoDetectionData, prompt: TrainingPrompt, 
 
 
 def coco_evaluate(data: CocoDetectionData, results: list[dict], indices: Sequence[int] | None = None
-                  ) -> EvalResult:
+                  ) -> DetectionMetrics:
     """pycocotools box evaluation of `results` on the images `indices` (all by default)."""
-    from glipcli.bench.coco_eval import coco_box_ap
-
     image_ids = list(range(len(data.images))) if indices is None else [int(i) for i in indices]
     scored = coco_box_ap(coco_ground_truth(data), results, image_ids=image_ids)
     per_class = {name: scored.per_category.get(k + 1, -1.0) for k, name in enumerate(data.classes)}
-    return EvalResult(dict(scored.metrics), per_class, len(image_ids), len(results))
+    return DetectionMetrics(dict(scored.metrics), per_class, len(image_ids), len(results))
 
 
 def evaluate(model: GLIP, data: CocoDetectionData, prompt: TrainingPrompt, batch_size: int = 4,
              device: torch.device | str = "cpu", indices: Sequence[int] | None = None,
              progress: Callable[[int], None] | None = None,
-             text_transform: Callable[[TextFeatures], TextFeatures] | None = None) -> EvalResult:
+             text_transform: Callable[[TextFeatures], TextFeatures] | None = None) -> DetectionMetrics:
     """Predict on the split and score the detections."""
     results = predict_split(model, data, prompt, batch_size, device, indices, progress, text_transform)
     return coco_evaluate(data, results, indices)

@@ -34,7 +34,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from glipcli.checkpoint import config_to_json
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 from glipcli.modeling.glip import GLIP
@@ -89,7 +88,7 @@ ARCHITECTURE_PARTS = ("swin", "fpn", "language", "head", "anchors")
 def model_identity(model: GLIP) -> dict[str, str]:
     """What an adapter is tied to: the architecture (config name, and a hash of the parts that
     shape the network: not the input size, post-processing or loss settings) and the weights."""
-    config = json.loads(config_to_json(model.cfg))
+    config = model.cfg.to_dict()
     architecture = json.dumps({k: config[k] for k in ARCHITECTURE_PARTS}, sort_keys=True)
     return {
         "config_name": model.cfg.name,

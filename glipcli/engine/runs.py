@@ -17,10 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.data.coco import SplitPaths, load_coco, resolve_splits
+from glipcli.config import GLIPConfig
+from glipcli.data.coco import load_coco
+from glipcli.data.splits import SplitPaths, resolve_splits
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult
 from glipcli.errors import GlipError
+from glipcli.modeling.glip import GLIP
+from glipcli.prompts.prompt_file import PromptSpec
+from glipcli.weights import load_model, resolve_model_source
 
 
 @dataclass
@@ -117,15 +122,8 @@ def _resumed_request(request: RunRequest, run: dict[str, Any]) -> tuple[RunReque
 def _build_model(request: RunRequest, run: dict[str, Any] | None):
     """The GLIP to train. A resumed full / linear-probe run rebuilds it from its checkpoint's
     config (the trainer then loads the checkpoint weights)."""
-    from glipcli.modeling.glip import GLIP
-    from glipcli.predictor import config_from_checkpoint_metadata
-    from glipcli.checkpoint import FORMAT_TAG
-
     if run is not None and request.task != "prompt":
-        cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
-        return GLIP(cfg)
-    from glipcli.weights import load_model, resolve_model_source
-
+        return GLIP(GLIPConfig.from_dict(run["model_config"]))
     return load_model(resolve_model_source(request.model, request.weights, request.config))
 
 
@@ -144,8 +142,6 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
     data = load_training_data(splits)
     spec = None
     if request.prompt_file is not None:
-        from glipcli.prompts.prompt_file import PromptSpec
-
         spec = PromptSpec.from_yaml(request.prompt_file)
     model = _build_model(request, run)
     source = {"model": request.model,

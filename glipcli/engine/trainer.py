@@ -18,7 +18,7 @@ Output folder:
     metrics.json         validation history, best epoch, test metrics (rewritten atomically)
     model_best.safetensors   (full / linear-probe) weights + config, for `glip detect --weights`
     adapter_best.safetensors (prompt tuning) the prompt offset, see `glipcli.engine.prompt_tuning`
-    checkpoints/         the latest resumable checkpoint (see `glipcli.engine.checkpointing`)
+    checkpoints/         the latest resumable checkpoint (see `glipcli.engine.training_state`)
 
 Without a validation split there is no early stopping and "best" is the last epoch.
 
@@ -57,14 +57,15 @@ from glipcli.data.fewshot import few_shot_indices
 from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
-from glipcli.engine import checkpointing as ckpt
+from glipcli.engine import training_state as ckpt
+from glipcli.engine.evaluate import evaluate
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
-from glipcli.engine.evaluate import EvalResult, evaluate
-from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, model_identity
+from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, load_adapter, model_identity
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
 from glipcli.errors import GlipError
+from glipcli.evaluation.metrics import DetectionMetrics
 from glipcli.io import atomic_write
 from glipcli.losses import GLIPLoss
 from glipcli.modeling.glip import GLIP, GLIPOutputs
@@ -254,7 +255,7 @@ class Trainer:
         return {
             "task": self.config.task,
             "config": self.config.to_dict(),
-            "model_config": json.loads(_config_json(self.model)),
+            "model_config": self.model.cfg.to_dict(),
             "classes": train.classes,
             "caption": self.prompt.caption,
             "prompt_yaml": self.prompt.spec.to_yaml(),
@@ -289,7 +290,7 @@ class Trainer:
         else:
             save_safetensors(self._glip(), self.output_dir / BEST_MODEL, extra_metadata=self._training_metadata())
 
-    def _write_metrics(self, test: EvalResult | None = None) -> dict[str, Any]:
+    def _write_metrics(self, test: DetectionMetrics | None = None) -> dict[str, Any]:
         history = self.state.history
         best = next((h for h in history if h.get("epoch") == self.stopper.best_epoch), None)
         metrics = {
@@ -304,7 +305,7 @@ class Trainer:
             "best_epoch": None if best is None else best["epoch"],
             "best": None if best is None else {"val": best.get("val")},
             "history": history,
-            "test": None if test is None else test.to_dict(),
+            "test": None if test is None else _test_entry(test),
         }
         if self.accelerator.is_main_process:
             text = json.dumps(metrics, indent=2, default=_json_default) + "\n"
@@ -504,7 +505,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return {k: float(v.detach()) for k, v in losses.items()}
 
-    def _evaluate(self, data: CocoDetectionData, indices) -> EvalResult | None:
+    def _evaluate(self, data: CocoDetectionData, indices) -> DetectionMetrics | None:
         acc = self.accelerator
         result = None
         if acc.is_main_process:
@@ -528,8 +529,9 @@ class Trainer:
                                  "global_step": self.state.global_step}
         if self.data.val is not None:
             result = self._evaluate(self.data.val, self.val_indices)
-            reduced = self.plateau.step(result.ap, self.optimizer)
-            is_best = self.stopper.step(result.ap, epoch + 1)
+            ap = max(result.ap, 0.0)  # undefined (-1) counts as 0 for model selection
+            reduced = self.plateau.step(ap, self.optimizer)
+            is_best = self.stopper.step(ap, epoch + 1)
             entry.update(val=result.metrics, best=is_best, lr_reduced=reduced)
             if is_best:
                 self._save_best()
@@ -556,8 +558,6 @@ class Trainer:
         best_path = self.output_dir / (BEST_ADAPTER if self.is_prompt else BEST_MODEL)
         acc.wait_for_everyone()
         if self.is_prompt:
-            from glipcli.engine.prompt_tuning import load_adapter
-
             adapter = load_adapter(best_path)
             with torch.no_grad():
                 self._offset().copy_(adapter.offset.to(self._offset().device))
@@ -578,10 +578,10 @@ class Trainer:
         return TrainResult(self.output_dir, best_path, metrics, acc.is_main_process)
 
 
-def _config_json(model: GLIP) -> str:
-    from glipcli.checkpoint import config_to_json
-
-    return config_to_json(model.cfg)
+def _test_entry(result: DetectionMetrics) -> dict[str, Any]:
+    """The `test` entry of metrics.json: summary, per-class AP (by class name), counts."""
+    return {"metrics": dict(result.metrics), "per_class_ap": dict(result.per_category),
+            "num_images": result.num_images, "num_detections": result.num_detections}
 
 
 def _json_default(value: Any) -> Any:

@@ -1,5 +1,5 @@
 """Training losses with the official GLIP semantics: ATSS assignment, token-level sigmoid focal
-loss on the dot-product logits, GIoU regression and centerness (golden README sections 7, 11, 12)."""
+loss on the dot-product logits, GIoU regression and centerness (docs/parity.md, sections 3 and 4)."""
 
 from glipcli.losses.atss import ATSSAssigner, ATSSAssignment, pairwise_iou, resolve_max_iou
 from glipcli.losses.focal import token_sigmoid_focal_loss

@@ -6,13 +6,13 @@ IoUs; a candidate is positive when its IoU is >= the threshold AND its centre li
 by more than `center_margin` pixels (min(l, t, r, b) > 0.01). An anchor positive for several gts
 goes to the gt it overlaps most. Every anchor of the PADDED grid takes part (no visibility test).
 
-Numerics follow the official code (golden README sections 7, 11, 12): IoU with the "+1" pixel
+Numerics follow the official code (docs/parity.md, sections 3 and 4): IoU with the "+1" pixel
 convention, evaluated in float32 in the order inter = w * h, inter / (area_a + area_b - inter);
-mean/std are column reductions over the [K, G] candidate matrix. The golden `loss_edge` targets
-include three anchors whose float32 IoU equals the threshold bit for bit, so the order matters.
+mean/std are column reductions over the [K, G] candidate matrix. The edge-case reference loss
+includes three anchors whose float32 IoU equals the threshold bit for bit, so the order matters.
 
 The switches of `ATSSAssigner` default to the official rules; the alternatives exist only to
-measure what each rule changes (README section 12's table).
+measure what each rule changes (docs/parity.md, section 3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """GLIP/ATSS inference post-processing: token logits -> phrase scores -> detections.
 
-Pipeline (official `ATSSPostProcessor`, README section 7):
+Pipeline (official `ATSSPostProcessor`, docs/parity.md section 1):
   per level and image: candidates = (location, phrase) pairs with phrase_score > threshold;
   keep at most `pre_nms_top_n` of them ranked by phrase_score * sigmoid(centerness);
   score = sqrt(phrase_score * sigmoid(centerness)); decode boxes; clip to the unpadded image.

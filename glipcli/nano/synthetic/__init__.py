@@ -1,6 +1,6 @@
 """A procedural grounding world of coloured shapes, deterministic by seed.
 
-    from glipcli.data.synthetic import SyntheticWorld, write_coco_dataset
+    from glipcli.nano.synthetic import SyntheticWorld, write_coco_dataset
 
     world = SyntheticWorld(seed=0)
     scene = world.scene(0, "pretrain", stream="train")    # image + objects with boxes
@@ -12,12 +12,12 @@ patterns, backgrounds), `tasks` (scene rules, category schemes, named tasks), `w
 (sampling scenes), `captions` (captions with phrase spans), `writer` (the dataset on disk).
 """
 
-from glipcli.data.synthetic.captions import Caption, CaptionPhrase, spatial_relation
-from glipcli.data.synthetic.tasks import TASKS, CategoryScheme, SceneRules, task_categories, task_rules
-from glipcli.data.synthetic.vocabulary import (COLOURS, DEFAULT_HELD_OUT_COMBOS, DEFAULT_HELD_OUT_SHAPE, SHAPES,
+from glipcli.nano.synthetic.captions import Caption, CaptionPhrase, spatial_relation
+from glipcli.nano.synthetic.tasks import TASKS, CategoryScheme, SceneRules, task_categories, task_rules
+from glipcli.nano.synthetic.vocabulary import (COLOURS, DEFAULT_HELD_OUT_COMBOS, DEFAULT_HELD_OUT_SHAPE, SHAPES,
                                                HeldOut, category_text, parse_combo)
-from glipcli.data.synthetic.world import ObjectSpec, Scene, SceneObject, SyntheticWorld, WorldConfig
-from glipcli.data.synthetic.writer import DatasetReport, SplitReport, write_coco_dataset
+from glipcli.nano.synthetic.world import ObjectSpec, Scene, SceneObject, SyntheticWorld, WorldConfig
+from glipcli.nano.synthetic.writer import DatasetReport, SplitReport, write_coco_dataset
 
 __all__ = [
     "COLOURS", "DEFAULT_HELD_OUT_COMBOS", "DEFAULT_HELD_OUT_SHAPE", "SHAPES", "TASKS",

@@ -33,11 +33,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from glipcli.data.synthetic.captions import Caption
-from glipcli.data.synthetic.tasks import CategoryScheme, SceneRules, task_categories
-from glipcli.data.synthetic.vocabulary import WORDINGS, HeldOut, category_text
-from glipcli.data.synthetic.world import Scene, SyntheticWorld, WorldConfig
+from glipcli import __version__
 from glipcli.errors import GlipError
+from glipcli.nano.synthetic.captions import Caption
+from glipcli.nano.synthetic.tasks import CategoryScheme, SceneRules, task_categories
+from glipcli.nano.synthetic.vocabulary import WORDINGS, HeldOut, category_text
+from glipcli.nano.synthetic.world import Scene, SyntheticWorld, WorldConfig
+from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
 
 DETECTION_FILE = "_annotations.coco.json"
 GROUNDING_FILE = "_grounding.coco.json"
@@ -76,7 +78,7 @@ def write_coco_dataset(out_dir: str | Path, n_train: int = 1000, n_valid: int = 
                        progress: Callable[[int, int], None] | None = None) -> DatasetReport:
     """Write a synthetic dataset (see the module docstring) and return what it holds.
 
-    task: `pretrain`, `unseen-combos`, `novel-shape` or `all` (`glipcli.data.synthetic.tasks`);
+    task: `pretrain`, `unseen-combos`, `novel-shape` or `all` (`glipcli.nano.synthetic.tasks`);
     it gives every split's scene rules and the default category scheme. split_rules overrides
     the rules of single splits. Splits with 0 images are not written. An existing, non-empty
     OUT is replaced only with `overwrite` and only if it is a synthetic dataset itself."""
@@ -145,8 +147,6 @@ def _versions() -> dict[str, str]:
     """The package versions the pixels depend on (numpy's random streams, Pillow's rasteriser)."""
     import numpy
     import PIL
-
-    from glipcli import __version__
 
     return {"glipcli": __version__, "numpy": numpy.__version__, "pillow": PIL.__version__}
 
@@ -256,8 +256,6 @@ def _dump(path: Path, data: dict) -> None:
 
 def _write_prompts(folder: Path, names: list[str]) -> None:
     """One prompt file per wording: class name = category, grounded text = the wording's text."""
-    from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
-
     folder.mkdir(parents=True)
     for wording in WORDINGS:
         classes = [ClassPrompt(name=name, text=None if wording == "plain" else category_text(name, wording))

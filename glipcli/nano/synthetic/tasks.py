@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from glipcli.data.synthetic.vocabulary import COLOURS, SHAPES, HeldOut, check_colour, check_shape, combo_name
+from glipcli.nano.synthetic.vocabulary import COLOURS, SHAPES, HeldOut, check_colour, check_shape, combo_name
 from glipcli.errors import GlipError
 
 TASKS: tuple[str, ...] = ("pretrain", "unseen-combos", "novel-shape", "all")

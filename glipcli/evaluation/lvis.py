@@ -28,18 +28,18 @@ Metrics are fractions in [0, 1]; -1 where undefined.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glipcli.bench.coco_eval import AREA_RANGES, check_detections
 from glipcli.errors import GlipError
+from glipcli.evaluation.coco import AREA_RANGES, check_detections, read_annotation_json
+from glipcli.evaluation.metrics import DetectionMetrics
 
 FIXED_AP_DETS_PER_CATEGORY = 10_000
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -47,26 +47,6 @@ RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 FREQUENCIES = ("r", "c", "f")
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 _AREAS = ("all", "small", "medium", "large")
-
-
-@dataclass(frozen=True)
-class LvisMetrics:
-    """AP, AP50, AP75, APs/m/l, APr/c/f (`METRIC_NAMES`), AP per category id, counts."""
-
-    metrics: Mapping[str, float]
-    per_category: Mapping[int, float] = field(default_factory=dict)
-    num_images: int = 0
-    num_detections: int = 0
-
-    @property
-    def ap(self) -> float:
-        return self.metrics["AP"]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["metrics"] = dict(self.metrics)
-        out["per_category"] = {str(k): v for k, v in self.per_category.items()}
-        return out
 
 
 @dataclass(frozen=True)
@@ -87,14 +67,8 @@ class LvisGroundTruth:
         if isinstance(source, Mapping):
             data, where = source, "LVIS ground truth"
         else:
-            path = Path(source)
-            where = str(path)
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise GlipError(f"{path}: no such LVIS annotation file") from None
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise GlipError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0][:160]})") from None
+            where = str(source)
+            data = read_annotation_json(Path(source), "LVIS")
         if not isinstance(data, Mapping) or not all(isinstance(data.get(k), list)
                                                     for k in ("images", "annotations", "categories")):
             raise GlipError(f"{where}: not an LVIS ground truth (needs 'images', 'annotations', 'categories')")
@@ -189,7 +163,7 @@ def _keep_top(dets: list[dict], per_category: int | None, per_image: int | None)
 
 def lvis_box_ap(ground_truth: str | Path | Mapping | LvisGroundTruth, detections: Sequence[Mapping],
                 max_dets_per_category: int | None = FIXED_AP_DETS_PER_CATEGORY,
-                max_dets_per_image: int | None = None) -> LvisMetrics:
+                max_dets_per_image: int | None = None) -> DetectionMetrics:
     """LVIS box metrics of `detections` (pycocotools result dicts, bbox xywh) on every image of the
     ground truth, with the fixed-AP budget by default (see the module docstring)."""
     gt = ground_truth if isinstance(ground_truth, LvisGroundTruth) else LvisGroundTruth.load(ground_truth)
@@ -257,7 +231,7 @@ def lvis_box_ap(ground_truth: str | Path | Mapping | LvisGroundTruth, detections
     for k, cat in enumerate(gt.category_ids):
         p = precision[:, :, k, 0]
         per_category[cat] = float(p.mean()) if (p > -1).any() else -1.0
-    return LvisMetrics(metrics, per_category, len(gt.image_ids), num_input)
+    return DetectionMetrics(metrics, per_category, len(gt.image_ids), num_input)
 
 
 def _precision_at_recalls(tp: np.ndarray, fp: np.ndarray, num_gt: int) -> np.ndarray:

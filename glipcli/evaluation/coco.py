@@ -1,7 +1,7 @@
 """COCO box AP of detections against a COCO ground truth (pycocotools, its default protocol).
 
 A pure function: no model. Detections are pycocotools results
-`{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` (see `glipcli.coco.coco_results` for
+`{"image_id", "category_id", "bbox": [x, y, w, h], "score"}` (see `glipcli.coco_results.coco_results` for
 the official GLIP xyxy -> xywh convention). The protocol is pycocotools' `COCOeval(iouType="bbox")`
 with its defaults, the one the official GLIP evaluation uses for COCO and ODinW: IoU 0.50:0.05:0.95,
 101 recall points, at most 100 detections per image, crowd regions ignored, categories without
@@ -19,13 +19,13 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from glipcli.errors import GlipError
+from glipcli.evaluation.metrics import DetectionMetrics
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 AREA_RANGES = {"all": (0.0, 1e5 ** 2), "small": (0.0, 32.0 ** 2), "medium": (32.0 ** 2, 96.0 ** 2),
@@ -34,28 +34,15 @@ _METRIC_AREA = {"AP": "all", "AP50": "all", "AP75": "all", "APs": "small", "APm"
                 "AR1": "all", "AR10": "all", "AR100": "all", "ARs": "small", "ARm": "medium", "ARl": "large"}
 
 
-@dataclass(frozen=True)
-class CocoMetrics:
-    """pycocotools' 12 summary numbers (`METRIC_NAMES`), AP (0.50:0.95) per category id, counts."""
-
-    metrics: Mapping[str, float]
-    per_category: Mapping[int, float] = field(default_factory=dict)
-    num_images: int = 0
-    num_detections: int = 0
-
-    @property
-    def ap(self) -> float:
-        return self.metrics["AP"]
-
-    @property
-    def ap50(self) -> float:
-        return self.metrics["AP50"]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["metrics"] = dict(self.metrics)
-        out["per_category"] = {str(k): v for k, v in self.per_category.items()}
-        return out
+def read_annotation_json(path: Path, kind: str) -> Any:
+    """The parsed JSON of a `kind` ("COCO", "LVIS") annotation file; a GlipError naming the file if
+    it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GlipError(f"{path}: no such {kind} annotation file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GlipError(f"{path}: not a readable {kind} JSON file ({str(exc).splitlines()[0][:160]})") from None
 
 
 def load_ground_truth(source: str | Path | Mapping) -> dict:
@@ -64,14 +51,8 @@ def load_ground_truth(source: str | Path | Mapping) -> dict:
     if isinstance(source, Mapping):
         data, where = copy.deepcopy(dict(source)), "ground truth"
     else:
-        path = Path(source)
-        where = str(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise GlipError(f"{path}: no such COCO annotation file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GlipError(f"{path}: not a readable COCO JSON file ({str(exc).splitlines()[0][:160]})") from None
+        where = str(source)
+        data = read_annotation_json(Path(source), "COCO")
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
                                                                                        "categories")):
         raise GlipError(f"{where}: not a COCO ground truth (needs 'images', 'annotations' and 'categories' lists)")
@@ -130,7 +111,7 @@ def check_detections(detections: Sequence[Mapping], image_ids: set, where: str =
     return out
 
 
-def _empty_metrics(gt: dict, image_ids: set) -> CocoMetrics:
+def _empty_metrics(gt: dict, image_ids: set) -> DetectionMetrics:
     """What pycocotools gives when nothing is detected: 0 where there is ground truth, else -1."""
     anns = [a for a in gt["annotations"] if a["image_id"] in image_ids and not a.get("iscrowd")]
     metrics = {}
@@ -139,11 +120,11 @@ def _empty_metrics(gt: dict, image_ids: set) -> CocoMetrics:
         metrics[name] = 0.0 if any(lo <= a["area"] <= hi for a in anns) else -1.0
     cats_with_gt = {a["category_id"] for a in anns}
     per_category = {c["id"]: (0.0 if c["id"] in cats_with_gt else -1.0) for c in gt["categories"]}
-    return CocoMetrics(metrics, per_category, len(image_ids), 0)
+    return DetectionMetrics(metrics, per_category, len(image_ids), 0)
 
 
 def coco_box_ap(ground_truth: str | Path | Mapping, detections: Sequence[Mapping],
-                image_ids: Sequence | None = None) -> CocoMetrics:
+                image_ids: Sequence | None = None) -> DetectionMetrics:
     """COCO box metrics of `detections` on the images `image_ids` of `ground_truth` (all by default)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -175,4 +156,4 @@ def coco_box_ap(ground_truth: str | Path | Mapping, detections: Sequence[Mapping
         p = precision[:, :, k, 0, -1]
         valid = p[p > -1]
         per_category[int(cat)] = float(np.mean(valid)) if valid.size else -1.0
-    return CocoMetrics(metrics, per_category, len(ids), len(dets))
+    return DetectionMetrics(metrics, per_category, len(ids), len(dets))

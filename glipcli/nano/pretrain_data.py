@@ -57,6 +57,7 @@ from glipcli.data.coco import clean_box, load_coco
 from glipcli.data.train_transforms import TrainTransform, train_min_sizes
 from glipcli.data.transforms import batch_images, load_image
 from glipcli.errors import GlipError
+from glipcli.nano.synthetic import CategoryScheme, SyntheticWorld, task_categories
 from glipcli.prompts.caption import Phrase, detection_caption
 from glipcli.prompts.encoding import encode_prompt
 from glipcli.prompts.tokenizer import load_tokenizer
@@ -117,8 +118,6 @@ class WorldSource:
 
     def __init__(self, seed: int = 0, images: int = 100_000, held_out=None, config=None,
                  captions_per_image: int = 2):
-        from glipcli.data.synthetic import CategoryScheme, SyntheticWorld, task_categories
-
         if images < 1:
             raise GlipError(f"--world-images must be at least 1 (got {images})")
         self.world = SyntheticWorld(seed, config=config, held_out=held_out)

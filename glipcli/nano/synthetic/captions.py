@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from glipcli.data.synthetic.vocabulary import (COUNT_WORDS, PATTERN_SYNONYMS, SIZE_SYNONYMS, Wording,
+from glipcli.nano.synthetic.vocabulary import (COUNT_WORDS, PATTERN_SYNONYMS, SIZE_SYNONYMS, Wording,
                                                colour_word, shape_noun)
 
 if TYPE_CHECKING:
-    from glipcli.data.synthetic.world import Scene, SceneObject
+    from glipcli.nano.synthetic.world import Scene, SceneObject
 
 RELATIONS: tuple[str, ...] = ("to the left of", "to the right of", "above", "below")
 _TRIES = 12

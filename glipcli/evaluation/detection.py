@@ -1,7 +1,9 @@
-"""Detect a dataset's classes on its evaluation images and score them: the model side of `glip bench`.
+"""Detections of a prompt's classes scored against a dataset's ground truth: the classes mapped to
+categories, the images found, each detection a pycocotools result.
 
-    spec = dataset_prompt_spec(ground_truth, prompt_file)           # the prompt file, else category names
-    metrics, info = evaluate_split(predictor, SplitFiles(ann, img_dir), spec)
+    spec = dataset_prompt_spec(ground_truth, prompt_file)    # the prompt file, else category names
+    mapping = map_classes(spec, ground_truth)               # class i -> mapping.category_ids[i]
+    results = [to_result(image_id, mapping.category_ids[d.phrase_index], d.box_xyxy, d.score) ...]
 
 - Images are the ground truth's `images` in file order, found as `img_dir/file_name` (else by base
   name); a missing file is an error naming how many and the first, before the model runs.
@@ -12,31 +14,27 @@
   not match but the prompt has exactly as many classes as the ground truth has real categories, the
   i-th class is the i-th category in id order (the official OVERRIDE_CATEGORY convention) and a note
   says so; otherwise the unmatched classes are a GlipError listing the categories.
-- Detections come from `glipcli.chunked.iter_detect_with_spec` (long class lists are chunked) with no
-  score threshold beyond the model's own (`postprocess.score_threshold`), at most
-  `postprocess.max_detections` per image; boxes become pycocotools results `[x, y, w, h]` with
-  `w = x2 - x1 + 1` (COCO / ODinW, the official maskrcnn_benchmark conversion) or `w = x2 - x1`
-  (`plus_one=False`, the official LVIS evaluation).
+- Boxes become pycocotools results `[x, y, w, h]` with `w = x2 - x1 + 1` (COCO / ODinW, the official
+  maskrcnn_benchmark conversion) or `w = x2 - x1` (`plus_one=False`, the official LVIS evaluation).
 """
 
 from __future__ import annotations
 
-import time
+import re
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from glipcli.bench.coco_eval import CocoMetrics, coco_box_ap, load_ground_truth
-from glipcli.bench.layout import SplitFiles
-from glipcli.bench.registry import name_key
-from glipcli.chunked import iter_detect_with_spec
+from glipcli.data.coco import placeholder_category_ids
 from glipcli.errors import GlipError
 from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
 
-# A progress callback: (images done, images in all).
-Progress = Callable[[int, int], None]
+
+def name_key(name: str) -> str:
+    """The form names are compared in: lower case, only letters and digits."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
 
 
 # -- images -----------------------------------------------------------------------------------------
@@ -79,8 +77,6 @@ def require_evaluable(ground_truth: Mapping, where: str) -> None:
 def real_categories(ground_truth: Mapping) -> list[dict]:
     """The ground truth's categories that can be targets, in id order: not Roboflow's placeholder and
     not a blank-named unused category."""
-    from glipcli.data.coco import placeholder_category_ids
-
     cats = [c for c in ground_truth["categories"] if isinstance(c, Mapping)]
     used = {a.get("category_id") for a in ground_truth.get("annotations", [])}
     skip = placeholder_category_ids(cats, used)
@@ -175,52 +171,3 @@ def to_result(image_id: Any, category_id: int, box_xyxy: Sequence[float], score:
     extra = 1.0 if plus_one else 0.0
     return {"image_id": image_id, "category_id": int(category_id), "bbox": [x0, y0, x1 - x0 + extra, y1 - y0 + extra],
             "score": float(score)}
-
-
-def detect_images(predictor, paths: Sequence[Path], spec: PromptSpec, *, batch_size: int = 1,
-                  chunk_size: int | None = None) -> Iterator[tuple[int, list]]:
-    """(input index, [Detection, ...]) per image as batches complete (labels index the spec's classes)."""
-    for prepared, result in iter_detect_with_spec(predictor, list(paths), spec, box_threshold=0.0,
-                                                  chunk_size=chunk_size, batch_size=batch_size):
-        yield prepared.index, result.detections
-
-
-def detection_results(predictor, paths: Sequence[Path], image_ids: Sequence[Any], spec: PromptSpec,
-                      category_ids: Sequence[int], *, plus_one: bool = True, batch_size: int = 1,
-                      chunk_size: int | None = None, progress: Progress | None = None,
-                      on_image: Callable[[Any, list[dict]], None] | None = None) -> list[dict]:
-    """pycocotools results of the spec's classes on the images (`image_ids[i]` is `paths[i]`'s id).
-    on_image(image id, its results) is called as each image completes (e.g. to log it)."""
-    results: list[dict] = []
-    done = 0
-    for index, detections in detect_images(predictor, paths, spec, batch_size=batch_size, chunk_size=chunk_size):
-        image_id = image_ids[index]
-        mine = [to_result(image_id, category_ids[d.phrase_index], d.box_xyxy, d.score, plus_one) for d in detections]
-        results.extend(mine)
-        if on_image is not None:
-            on_image(image_id, mine)
-        done += 1
-        if progress is not None:
-            progress(done, len(paths))
-    return results
-
-
-def evaluate_split(predictor, split: SplitFiles, spec: PromptSpec, *, batch_size: int = 1,
-                   progress: Progress | None = None) -> tuple[CocoMetrics, dict[str, Any]]:
-    """Detect `spec`'s classes on every image of a COCO split and score them (pycocotools COCO AP).
-    Returns the metrics and facts for the result cell (images, detections, seconds, notes)."""
-    start = time.perf_counter()
-    where = str(split.ann_file)
-    ground_truth = load_ground_truth(split.ann_file)
-    require_evaluable(ground_truth, where)
-    mapping = map_classes(spec, ground_truth, where)
-    images = ground_truth["images"]
-    paths = image_paths(images, split.img_dir, where)
-    ids = [im["id"] for im in images]
-    results = detection_results(predictor, paths, ids, spec, mapping.category_ids, plus_one=True,
-                                batch_size=batch_size, progress=progress)
-    metrics = coco_box_ap(ground_truth, results)
-    info = {"ann_file": str(split.ann_file), "images": len(ids), "detections": len(results),
-            "seconds": round(time.perf_counter() - start, 2), "category_ids": mapping.category_ids,
-            "notes": mapping.notes}
-    return metrics, info

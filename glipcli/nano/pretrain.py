@@ -1,7 +1,7 @@
 """`glip pretrain`: GLIP pre-training on detection + grounding data, with a frozen text encoder.
 
-    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, build_pretrain_model
-    from glipcli.data.pretrain_data import WorldSource
+    from glipcli.nano.pretrain import PretrainConfig, Pretrainer, build_pretrain_model
+    from glipcli.nano.pretrain_data import WorldSource
     model, text_encoder = build_pretrain_model("nano", seed=0)
     result = Pretrainer(model, WorldSource(seed=0), PretrainConfig(minutes=60), "runs/nano",
                         text_encoder=text_encoder).fit()
@@ -9,7 +9,7 @@
 The recipe (official GLIP pre-training ingredients, scaled to a CPU):
 
 - data: detection samples (per-image captions of positive + sampled negative category names)
-  mixed with grounding samples (captions with phrase boxes), `glipcli.data.pretrain_data`;
+  mixed with grounding samples (captions with phrase boxes), `glipcli.nano.pretrain_data`;
   the official multi-scale resize (scaled to the model's test size) and horizontal flip;
 - loss: `GLIPLoss` (ATSS, token focal loss, GIoU, centerness);
 - text encoder: frozen and in eval mode (its parameters never change, so shipped weights can
@@ -30,7 +30,7 @@ Output folder:
 
     run.json             settings, data source, architecture, text encoder (what --resume reads)
     log.jsonl            start, calibration, steps (every log_every), checkpoints, stop, end
-    checkpoints/         the latest resumable checkpoint (`glipcli.engine.checkpointing` layout:
+    checkpoints/         the latest resumable checkpoint (`glipcli.engine.training_state` layout:
                          full model, optimiser, schedule state, step, torch generator states)
     model.safetensors    the final weights (without the text encoder when it is the packaged
                          all-MiniLM-L6-v2; `glip detect --weights` loads either)
@@ -61,16 +61,22 @@ from rich.console import Console
 from torch import nn
 from torch.utils.data import DataLoader
 
+from glipcli.checkpoint import config_metadata, load_checkpoint, save_safetensors
+from glipcli.config import get_preset
 from glipcli.data.epoch_batches import EpochBatches
-from glipcli.data.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
-                                        with_steps)
-from glipcli.engine import checkpointing as ckpt
+from glipcli.engine import training_state as ckpt
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
+from glipcli.engine.trainable import param_groups
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 from glipcli.losses import GLIPLoss, TrainTarget
 from glipcli.modeling.glip import GLIP, GLIPOutputs
 from glipcli.modeling.language import TextFeatures
+from glipcli.nano.minilm import (MINILM_L6, PACKAGE, PACKAGE_VERSION, WEIGHTS_SHA256, check_files, load_minilm,
+                                 locate_minilm, minilm_available, minilm_state_dict, without_text_encoder)
+from glipcli.nano.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
+                                        with_steps)
+from glipcli.weights import ModelSource, load_model
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
@@ -225,12 +231,7 @@ def build_pretrain_model(preset: str = "nano", init: str | Path | None = None, s
     Without `init`: the preset's architecture, randomly initialised (seeded), with the packaged
     all-MiniLM-L6-v2 as text encoder (the preset must have its sizes: `nano`). With `init`: a
     glip checkpoint (its architecture from the file; a nano export gets MiniLM from the package)."""
-    from glipcli.config import get_preset
-    from glipcli.modeling.language.pretrained import MINILM_L6, PACKAGE, WEIGHTS_SHA256, load_minilm
-
     if init is not None:
-        from glipcli.weights import ModelSource, load_model
-
         path = Path(init)
         if not path.is_file():
             raise GlipError(f"{path}: no such checkpoint file")
@@ -249,9 +250,6 @@ def build_pretrain_model(preset: str = "nano", init: str | Path | None = None, s
 
 def _is_minilm(model: GLIP) -> bool:
     """Whether the model's text encoder holds exactly the packaged all-MiniLM-L6-v2 weights."""
-    from glipcli.modeling.language.pretrained import (MINILM_L6, check_files, locate_minilm, minilm_available,
-                                                      minilm_state_dict)
-
     if model.cfg.language != MINILM_L6 or not minilm_available():
         return False
     files = locate_minilm()
@@ -301,8 +299,6 @@ def trainable_parameters(model: GLIP) -> list[tuple[str, nn.Parameter]]:
 def optimizer_groups(named: list[tuple[str, nn.Parameter]], cfg: PretrainConfig) -> list[dict]:
     """The official `make_optimizer` groups (biases: lr x bias_lr_factor, bias_weight_decay)."""
     from types import SimpleNamespace
-
-    from glipcli.engine.trainable import param_groups
 
     rules = SimpleNamespace(lr=cfg.lr, language_lr=cfg.lr, weight_decay=cfg.weight_decay,
                             bias_lr_factor=cfg.bias_lr_factor, bias_weight_decay=cfg.bias_weight_decay)
@@ -434,10 +430,8 @@ class Pretrainer:
                             "it or choose another --output")
 
     def run_record(self) -> dict[str, Any]:
-        from glipcli.checkpoint import config_to_json
-
         return {"kind": "glip-pretrain", "config": self.config.to_dict(),
-                "model_config": json.loads(config_to_json(self.model.cfg)), "text_encoder": self.text_encoder,
+                "model_config": self.model.cfg.to_dict(), "text_encoder": self.text_encoder,
                 "source": self.source.describe(), "categories": list(self.source.categories),
                 "processes": self.accelerator.num_processes, **self.run_info}
 
@@ -478,8 +472,6 @@ class Pretrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
-        from glipcli.checkpoint import save_safetensors
-
         acc = self.accelerator
         start = time.perf_counter()
         name = f"step-{self.state.global_step:07d}"
@@ -506,8 +498,6 @@ class Pretrainer:
         self._last_checkpoint = self.clock()
 
     def _load_checkpoint(self) -> None:
-        from glipcli.checkpoint import load_checkpoint
-
         acc = self.accelerator
         folder = ckpt.latest(self.output_dir)
         saved, optimizer_state = ckpt.load_state(folder / ckpt.STATE_FILE)
@@ -758,8 +748,6 @@ class Pretrainer:
 # -- weights out -------------------------------------------------------------------------------------
 def own_state(model: GLIP, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """The model's weights without the text encoder (`language.*`), floats cast to `dtype`."""
-    from glipcli.modeling.language.pretrained import without_text_encoder
-
     out = {}
     for key, value in without_text_encoder(model.state_dict()).items():
         value = value.detach()
@@ -770,17 +758,13 @@ def own_state(model: GLIP, dtype: torch.dtype | None = None) -> dict[str, torch.
 
 
 def _metadata(model: GLIP, extra: dict[str, str] | None) -> dict[str, str]:
-    from glipcli.checkpoint import FORMAT_TAG, config_to_json
-    from glipcli.modeling.language.pretrained import PACKAGE, PACKAGE_VERSION, WEIGHTS_SHA256
-
-    return {"format": FORMAT_TAG, "config": config_to_json(model.cfg),
+    return {**config_metadata(model.cfg),
             "text_encoder": json.dumps({"package": PACKAGE, "version": PACKAGE_VERSION, "sha256": WEIGHTS_SHA256}),
             **(extra or {})}
 
 
 def save_final_weights(model: GLIP, path: Path, minilm: bool, extra: dict[str, str] | None = None) -> Path:
     """float32 weights: without the text encoder when it is the packaged MiniLM, else complete."""
-    from glipcli.checkpoint import save_safetensors
     from safetensors.torch import save_file
 
     if not minilm:
