@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from accelerate import PartialState
 
 from glipcli.data.batching import WINDOW_BATCHES
 
@@ -36,11 +35,15 @@ class Workers:
     local_rank: int = 0
 
     @classmethod
-    def current(cls) -> "Workers":
-        """The launcher's process group, joined on first use; a single process outside one."""
+    def current(cls, device: str = "auto") -> "Workers":
+        """The launcher's process group, joined on first use (gloo when `device` is the CPU or
+        there is no GPU, else NCCL); a single process outside one."""
         if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
             return cls()
-        state = PartialState()
+        # Imported here: accelerate takes about a second to import, which a plain run never needs.
+        from accelerate import PartialState
+
+        state = PartialState(cpu=device.strip().lower() == "cpu" or not torch.cuda.is_available())
         return cls(rank=state.process_index, num_processes=state.num_processes,
                    local_rank=state.local_process_index)
 

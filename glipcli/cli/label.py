@@ -76,7 +76,7 @@ def label(
                                                 max_boxes=max_boxes),
                            keep_empty=keep_empty, batch_size=batch_size, preview=save_vis, overwrite=overwrite,
                            skip_errors=not strict)
-    workers = Workers.current()
+    workers = Workers.current(device)
     predictor = load_predictor(model, weights, config, workers.device(device), dtype)
     show = workers.is_main and not quiet
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
