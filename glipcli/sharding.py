@@ -78,6 +78,14 @@ class Workers:
         dist.gather_object(value, gathered, dst=0)
         return gathered
 
+    def broadcast(self, value: Any) -> Any:
+        """The main process's `value`, on every process."""
+        if not self.distributed:
+            return value
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def wait(self) -> None:
         """Block until every process reaches this point."""
         if self.distributed:

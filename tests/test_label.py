@@ -221,6 +221,11 @@ def test_existing_dataset_needs_overwrite_and_reuses_its_labels(photos, small_we
     assert _label(capsys, photos, small_weights, out, "--format", "yolo", "--overwrite")[0] == 0
     assert (out / "data.yaml").is_file() and not (out / "train").exists()
     assert json.loads((out / "labels.json").read_text())["format"] == "yolo"
+    # the dataset's own images are never inputs of a run that writes over them
+    code, _, err = glip(capsys, "label", out / "images/train", "--prompt-file", photos / "ontology.yaml",
+                        "--output", out, "--weights", small_weights, "--overwrite")
+    assert_one_line_error(code, err, "an input image lies inside the output folder")
+    assert len(list((out / "images/train").iterdir())) == 8
 
 
 def test_unreadable_images_are_reported_and_skipped(photos, small_weights, tmp_path, capsys):
@@ -299,12 +304,13 @@ def test_label_then_finetune_then_evaluate(shared_dir, golden_dir, tmp_path, cap
     assert code == 0, err
     real = shared_dir / "data/real/raccoon/valid/_annotations.coco.json"
     run = tmp_path / "run"
-    code, _, err = glip(capsys, "finetune", "--data", data, *model, "--output", run, "--epochs", "1",
+    code, _, err = glip(capsys, "finetune", "--data", data, "--prompt-file", data / "prompt.yaml", *model,
+                        "--output", run, "--epochs", "1",
                         "--copies", "1", "--batch-size", "5", "--test-ann", real, "--eval-batch-size", "8",
                         "--cpu", "--no-progress")
     assert code == 0, err
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["finished"] and metrics["caption"] == "raccoon"
+    assert metrics["finished"] and metrics["caption"] == "raccoon, a wild animal"  # the labelling prompt
     assert metrics["test"]["num_images"] == 79 and 0.0 <= metrics["test"]["metrics"]["AP50"] <= 1.0
     assert set(metrics["best"]["val"]) >= {"AP", "AP50"}
     assert (run / "model_best.safetensors").is_file()

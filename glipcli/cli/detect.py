@@ -51,7 +51,7 @@ def detect(
 ) -> None:
     """Detect the prompt's classes in each image.
 
-    Several GPUs or machines: accelerate launch --num_processes N -m glipcli.cli.main detect ...
+    Several GPUs or machines: accelerate launch --multi_gpu --num_processes N -m glipcli.cli.main detect ...
     """
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec

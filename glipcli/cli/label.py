@@ -54,17 +54,20 @@ def label(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     overwrite: Annotated[bool, typer.Option(
-        help="Replace a finished dataset in --output (its labels are reused when the model, prompt and "
-             "threshold are the same), or start an interrupted run afresh.")] = False,
+        help="Replace a finished dataset in --output, or write into a folder holding other files. The "
+             "journal's labels are reused when the model, prompt and thresholds are the same; otherwise the "
+             "labelling starts afresh.")] = False,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Label images with GLIP and write a dataset to train a detector on.
 
-    Several GPUs or machines: accelerate launch --num_processes N -m glipcli.cli.main label ...
+    Several GPUs or machines: accelerate launch --multi_gpu --num_processes N -m glipcli.cli.main label ...
     """
     from glipcli.data.sources import expand_image_args
     from glipcli.labeling import LabelConfig, LabelFilters, label_images, parse_splits
+    from glipcli.labeling.labeler import label_settings
+    from glipcli.labeling.output import plan_output
     from glipcli.prompts.prompt_file import load_prompt_spec
     from glipcli.sharding import Workers
 
@@ -76,6 +79,9 @@ def label(
                                                 max_boxes=max_boxes),
                            keep_empty=keep_empty, batch_size=batch_size, preview=save_vis, overwrite=overwrite,
                            skip_errors=not strict)
+    identity = _model_identity(model, weights, config)
+    # A refusal of the output folder comes before the model loads (which can mean a download).
+    plan_output(output, label_settings(spec, settings, identity, dtype), overwrite, sources)
     workers = Workers.current(device)
     predictor = load_predictor(model, weights, config, workers.device(device), dtype)
     show = workers.is_main and not quiet
@@ -89,7 +95,7 @@ def label(
                 progress.console.print(f"error: {item.error}", highlight=False, markup=False, soft_wrap=True)
             progress.advance(task)
 
-        outcome = label_images(predictor, sources, spec, settings, model=_model_identity(model, weights, config),
+        outcome = label_images(predictor, sources, spec, settings, model=identity,
                                workers=workers, on_image=on_image)
     if outcome.summary is None:
         return

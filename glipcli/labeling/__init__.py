@@ -8,9 +8,10 @@ One concept per module: `records` (an image's labels), `journal` (per-process JS
 """
 
 from glipcli.labeling.filters import LabelFilters
-from glipcli.labeling.labeler import FORMATS, LabelConfig, LabelOutcome, label_images, write_dataset
+from glipcli.labeling.labeler import (FORMATS, LabelConfig, LabelOutcome, label_images, label_settings,
+                                      write_dataset)
 from glipcli.labeling.records import ImageLabels, LabelBox
 from glipcli.labeling.splits import parse_splits
 
 __all__ = ["FORMATS", "ImageLabels", "LabelBox", "LabelConfig", "LabelFilters", "LabelOutcome", "label_images",
-           "parse_splits", "write_dataset"]
+           "label_settings", "parse_splits", "write_dataset"]

@@ -18,19 +18,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from glipcli.chunked import iter_detect_with_spec
 from glipcli.data.batching import ImageFailure
+from glipcli.device import resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write, write_json
 from glipcli.labeling.coco_writer import write_coco
 from glipcli.labeling.filters import LabelFilters
 from glipcli.labeling.journal import Journal, read_journals
 from glipcli.labeling.ontology import Ontology
-from glipcli.labeling.output import SUMMARY_JSON, SUMMARY_MD, plan_output, prepare_output
+from glipcli.labeling.output import SUMMARY_JSON, SUMMARY_MD, OutputPlan, plan_output, prepare_output
 from glipcli.labeling.placement import MODES
 from glipcli.labeling.preview import PREVIEW_DIR, render_preview
 from glipcli.labeling.records import ImageLabels, LabelBox
@@ -100,6 +103,13 @@ def labels_of(result: ImageResult, key: str) -> ImageLabels:
     return ImageLabels(key=key, image=result.image, width=result.width, height=result.height, boxes=boxes)
 
 
+def label_settings(spec: PromptSpec, config: LabelConfig, model: dict[str, Any], dtype: str | torch.dtype
+                   ) -> dict[str, Any]:
+    """What the journal's labels depend on: a run resumes only with the same."""
+    return {"model": model, "prompt": spec.to_dict(), "box_threshold": config.box_threshold,
+            "chunk_size": config.chunk_size, "dtype": str(resolve_dtype(dtype)).removeprefix("torch.")}
+
+
 def label_images(predictor: GLIPPredictor, sources: Sequence[str | Path], spec: PromptSpec, config: LabelConfig, *,
                  model: dict[str, Any], workers: Workers | None = None,
                  on_image: Callable[[ImageLabels | ImageFailure], None] | None = None) -> LabelOutcome:
@@ -107,21 +117,21 @@ def label_images(predictor: GLIPPredictor, sources: Sequence[str | Path], spec: 
 
     model: what identifies the model (e.g. its preset or weights path and size); a resumed run
     must have the same, since the journal's labels came from it. on_image: called as each image
-    of this process completes (a progress bar)."""
+    of this process completes, or is found in a journal (a progress bar)."""
     workers = workers or Workers()
     start = time.perf_counter()
     ontology = Ontology(spec)
-    settings = {"model": model, "prompt": spec.to_dict(), "box_threshold": config.box_threshold,
-                "chunk_size": config.chunk_size, "dtype": str(predictor.dtype).removeprefix("torch.")}
-    plan = plan_output(config.output, settings, config.overwrite)
-    if workers.is_main:
-        prepare_output(plan, settings)
-    workers.wait()
+    settings = label_settings(spec, config, model, predictor.dtype)
+    plan = _prepared_output(config, settings, sources, workers)
 
     keys = [str(Path(s).resolve()) for s in sources]
     done = read_journals(plan.work_dir)
     shard = workers.shard(sources, config.batch_size)
     todo = [i for i in shard if keys[i] not in done]
+    if on_image is not None:
+        for i in shard:
+            if keys[i] in done:
+                on_image(done[keys[i]])
     failures: list[ImageFailure] = []
     with Journal(plan.work_dir, workers.rank) as journal:
         items = iter_detect_with_spec(predictor, [str(sources[i]) for i in todo], spec,
@@ -142,7 +152,8 @@ def label_images(predictor: GLIPPredictor, sources: Sequence[str | Path], spec: 
                 on_image(labels)
     outcome = LabelOutcome(labelled=len(todo) - len(failures), resumed=len(shard) - len(todo),
                            failures=failures, seconds=0.0)
-    mine = [(i, done[keys[i]]) for i in shard if keys[i] in done]
+    # The image as this run names it (a journal written from another folder names it otherwise).
+    mine = [(i, replace(done[keys[i]], image=str(sources[i]))) for i in shard if keys[i] in done]
     gathered = workers.gather((mine, [(f.index, f) for f in failures]))
     if gathered is None:
         outcome.seconds = time.perf_counter() - start
@@ -152,6 +163,24 @@ def label_images(predictor: GLIPPredictor, sources: Sequence[str | Path], spec: 
     outcome.summary = write_dataset(records, ontology, config, settings, [f.source for f in outcome.failures])
     outcome.seconds = time.perf_counter() - start
     return outcome
+
+
+def _prepared_output(config: LabelConfig, settings: dict[str, Any], sources: Sequence[str | Path],
+                     workers: Workers) -> OutputPlan:
+    """The main process checks and prepares the output folder; every process gets its decision
+    (or its refusal), so machines that do not share a file system never disagree."""
+    decision: OutputPlan | str | None = None
+    if workers.is_main:
+        try:
+            decision = plan_output(config.output, settings, config.overwrite, sources)
+            prepare_output(decision, settings)
+        except GlipError as exc:
+            decision = str(exc)
+    decision = workers.broadcast(decision)
+    if isinstance(decision, str):
+        raise GlipError(decision)
+    decision.work_dir.mkdir(parents=True, exist_ok=True)
+    return decision
 
 
 def write_dataset(records: Sequence[ImageLabels], ontology: Ontology, config: LabelConfig,

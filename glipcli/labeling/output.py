@@ -13,7 +13,9 @@ again in another format, split or filter does not run the model again.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,10 +53,17 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def plan_output(output: Path, settings: dict[str, Any], overwrite: bool) -> OutputPlan:
-    """Decide, reading only, what the run does with `output` (every process decides alike)."""
+def plan_output(output: Path, settings: dict[str, Any], overwrite: bool,
+                inputs: Sequence[str | Path] = ()) -> OutputPlan:
+    """Decide, reading only, what the run does with `output`. inputs: the images; none may lie
+    inside the dataset folder, whose contents a run replaces."""
     if output.exists() and not output.is_dir():
         raise GlipError(f"{output}: exists and is not a folder")
+    root = Path(os.path.realpath(output))
+    for image in inputs:
+        if Path(os.path.realpath(image)).is_relative_to(root):
+            raise GlipError(f"{image}: an input image lies inside the output folder {output}, which the run "
+                            "writes over; label from elsewhere or choose another --output")
     work = output / WORK_DIR
     finished = (output / SUMMARY_JSON).is_file()
     if finished and not overwrite:
