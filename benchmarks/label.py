@@ -7,7 +7,7 @@ runs from a barrier after loading to the end of `label_images`: labelling, the j
 and writing the COCO dataset. On CPUs the cores are divided among the processes.
 
     python benchmarks/label.py                                   # GLIP-T (random weights), 480 px, CPU
-    python benchmarks/label.py --device cuda --min-size 800 --max-size 1333 --images 256 --batch-size 8
+    python benchmarks/label.py --device cuda --processes 1 --min-size 800 --max-size 1333 --images 256 --batch-size 8
 """
 
 from __future__ import annotations
@@ -113,6 +113,12 @@ def main() -> None:
         return
 
     counts = [int(n) for n in args.processes.split(",")]
+    if args.device.startswith("cuda"):
+        import torch
+
+        if max(counts) > torch.cuda.device_count():
+            parser.error(f"--processes {args.processes}: one GPU per process, and {torch.cuda.device_count()} "
+                         "GPU(s) are visible (one GPU: --processes 1)")
     print(f"machine: {machine_description()}")
     print(f"model: {args.preset} (random weights), {args.min_size}/{args.max_size} px, {args.classes} classes, "
           f"batch {args.batch_size}, {args.device} {args.dtype}; {args.images} images of 600x400")
