@@ -199,7 +199,7 @@ def test_interrupted_run_resumes_without_duplicates(photos, small_weights, tmp_p
     assert_one_line_error(code, err, "unfinished labelling run with other settings (box_threshold)")
     code, _, err = glip(capsys, "label", photos, "--prompt-file", photos / "ontology.yaml", "--output", out,
                         "--weights", small_weights, "--box-threshold", "0.5")
-    assert code == 0 and "4 images were labelled by an earlier run" in err
+    assert code == 0 and "4 images' labels come from an earlier run's journal" in err
     keys = [json.loads(line)["key"] for line in (out / ".glip-label/labels-0.jsonl").read_text().splitlines()]
     assert len(keys) == len(set(keys)) == 10
     for name in ("train/_annotations.coco.json", "valid/_annotations.coco.json", "labels.json"):

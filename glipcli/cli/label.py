@@ -102,12 +102,13 @@ def label(
     summary = outcome.summary
     if show:
         if outcome.resumed:
-            stderr.print(f"{outcome.resumed} images were labelled by an earlier run (resumed)", highlight=False)
+            stderr.print(f"{outcome.resumed} images' labels come from an earlier run's journal", highlight=False)
         splits = ", ".join(f"{name} {s['images']}" for name, s in summary.splits.items())
         classes = ", ".join(f"{c.name} {c.boxes}" for c in summary.classes)
+        empty = (f"{summary.negatives} without boxes kept as negatives" if settings.keep_empty
+                 else f"{summary.dropped_empty} without boxes left out")
         stderr.print(f"wrote {output} ({summary.format}): {summary.images} images ({splits}), {summary.boxes} boxes "
-                     f"({classes}); {summary.dropped_empty} images without boxes left out", highlight=False,
-                     markup=False, soft_wrap=True)
+                     f"({classes}); {empty}", highlight=False, markup=False, soft_wrap=True)
     if outcome.failures:
         total = len(sources)
         if total == 1:
