@@ -11,8 +11,8 @@ from rich.text import Text
 
 from glipcli.cli.app import app, stdout
 from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
-                                OutputFiles, OverwriteOpt, QuietOpt, SaveVisOpt, StrictOpt, WeightsOpt,
-                                finish, load_predictor, run_images)
+                                OutputFiles, OverwriteOpt, QuietOpt, RunOutcome, SaveVisOpt, StrictOpt,
+                                WeightsOpt, finish, load_predictor, run_images)
 from glipcli.errors import GlipError
 
 MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one table each
@@ -49,7 +49,10 @@ def detect(
         help="A prompt-tuning adapter from `glip prompt-tune`; its tuned prompt is used when no "
              "prompt is given, and any other prompt is refused.")] = None,
 ) -> None:
-    """Detect the prompt's classes in each image."""
+    """Detect the prompt's classes in each image.
+
+    Several GPUs or machines: accelerate launch --multi_gpu --num_processes N -m glipcli.cli.main detect ...
+    """
     # deferred import: keeps `glip --help` fast
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
@@ -81,18 +84,26 @@ def detect(
         coco_index = CocoIndex.load(coco_gt)
         coco_index.check(sources, spec.names)
 
-    predictor = load_predictor(model, weights, config, device, dtype)
-    # deferred import: keeps `glip --help` fast
+    # deferred imports: keep `glip --help` fast
     from glipcli.chunked_detection import iter_detect_with_spec
+    from glipcli.sharding import Workers
+
+    workers = Workers.current(device)  # under `accelerate launch`: this process's share of the images
+    predictor = load_predictor(model, weights, config, workers.device(device), dtype)
 
     if tuned is not None:
         _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
 
     # One caption, or several for a long class list; a plain class list gives exactly the
     # detections of `GLIPPredictor.iter_predict`.
-    items = iter_detect_with_spec(predictor, sources, spec, box_threshold=box_threshold, chunk_size=chunk_size,
-                                  batch_size=batch_size, skip_errors=not strict)
-    outcome = run_images(items, len(sources), quiet, on_result=_vis_writer(outputs))
+    shard = workers.shard(sources, batch_size)
+    items = iter_detect_with_spec(predictor, [sources[i] for i in shard], spec, box_threshold=box_threshold,
+                                  chunk_size=chunk_size, batch_size=batch_size, skip_errors=not strict)
+    outcome = run_images(items, len(shard), quiet or not workers.is_main, on_result=_vis_writer(outputs, shard))
+    if workers.distributed:
+        outcome = _gather_outcome(workers, outcome, shard)
+        if outcome is None:  # not the main process: it writes nothing
+            return
 
     if not quiet:
         _print_results(outcome.results, max_rows)
@@ -120,7 +131,23 @@ def _apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
     tuned.attach(predictor.model, source=source)
 
 
-def _vis_writer(outputs: OutputFiles):
+def _gather_outcome(workers, outcome: RunOutcome, shard: list[int]) -> RunOutcome | None:
+    """Every process's results and failures, in input order, on the main process (None elsewhere)."""
+    from dataclasses import replace
+
+    from glipcli.sharding import merge_shards
+
+    failed = {f.index for f in outcome.failures}
+    read = [shard[i] for i in range(len(shard)) if i not in failed]
+    parts = workers.gather((list(zip(read, outcome.results)),
+                            [(shard[f.index], replace(f, index=shard[f.index])) for f in outcome.failures]))
+    if parts is None:
+        return None
+    return RunOutcome([r for _, r in merge_shards([p[0] for p in parts])],
+                      [f for _, f in merge_shards([p[1] for p in parts])], outcome.seconds)
+
+
+def _vis_writer(outputs: OutputFiles, shard: list[int]):
     """Save a rendering per image while its decoded copy is at hand (None: no --save-vis)."""
     if outputs.vis_dir is None:
         return None
@@ -129,7 +156,7 @@ def _vis_writer(outputs: OutputFiles):
 
     def write(prepared, result) -> None:
         boxes = [DrawBox(d.box_xyxy, f"{d.label} {d.score:.2f}", d.phrase_index) for d in result.detections]
-        save_image(render(prepared.image, boxes), outputs.vis_names[prepared.index])
+        save_image(render(prepared.image, boxes), outputs.vis_names[shard[prepared.index]])
 
     return write
 
