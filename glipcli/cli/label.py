@@ -60,7 +60,7 @@ def label(
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Label images with GLIP into a training dataset (COCO or YOLO).
+    """Label images into a training dataset (COCO or YOLO).
 
     Several GPUs or machines: accelerate launch --multi_gpu --num_processes N -m glipcli.cli.main label ...
     """
