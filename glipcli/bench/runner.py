@@ -49,6 +49,7 @@ from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
 from glipcli.bench.results import (ALL_DATA, MODES, ZERO_SHOT, CellKey, CellResult, ResultsStore, Summary,
                                    TableFiles, summarize)
 from glipcli.bench.suite import load_suite
+from glipcli.data.odinw_download import download_odinw, missing_message, odinw_archives
 from glipcli.errors import GlipError
 
 ENGINE_TASKS = {"full": "full", "prompt": "prompt", "linear": "linear-probe"}
@@ -97,6 +98,7 @@ class OdinwRequest:
     prompts: str | None = None
     prompts_dir: str | Path | None = None
     skip_missing: bool = False
+    download: bool = False
     output: str | Path | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -385,6 +387,14 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
         data_root = default_data_root()
     avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
                          need_train=req.trains)
+    if full_suite.is_odinw and avail.missing:
+        names = [m.name for m in avail.missing]
+        if req.download:
+            download_odinw(odinw_archives(datasets=names), data_root, say=lambda text: say(console, text))
+            avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
+                                 need_train=req.trains)
+        elif not req.skip_missing:
+            raise GlipError(missing_message(names, suite.names, full_suite.name, data_root))
     missing = avail.report()
     found = avail.require(req.skip_missing)
     runner = _Runner(req, model, console, progress)
