@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from glipcli.cli.app import app, stderr
+from glipcli.cli.app import app, stderr, stdout
 
 data_app = typer.Typer(name="data", no_args_is_help=True, pretty_exceptions_enable=False,
                        help="Datasets: download the ODinW benchmark from the Hugging Face hub.")
@@ -27,6 +27,9 @@ def odinw(
         "--root", "--data-root",
         help="Data root: the datasets go to ROOT/odinw/<dataset>/, where `glip bench odinw --data-root` finds "
              "them (default: $GLIP_DATA_ROOT, else ./DATASET).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the suite's datasets (or those of --datasets) and "
+                                                       "whether each is complete under the data root; "
+                                                       "download nothing.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
 ) -> None:
     """Download ODinW datasets (official layout) from GLIPModel/GLIP at a pinned commit.
@@ -34,10 +37,17 @@ def odinw(
     Resumable (run it again after an interruption), checked (sha256, zip CRC, the expected annotation files)
     and installed atomically; datasets already complete are left alone.
     """
-    from glipcli.data.odinw_download import download_odinw, odinw_archives
+    from glipcli.data.odinw_download import download_odinw, odinw_archives, odinw_folder
 
     names = [d.strip() for d in (datasets or "").split(",") if d.strip()] or None
     archives = odinw_archives(suite, names)
+    if list_:
+        odinw_dir = odinw_folder(root)
+        for archive in archives:
+            state = "complete" if not archive.missing_paths(odinw_dir.parent) else "missing"
+            stdout.print(f"{', '.join(d.name for d in archive.datasets)}  ({archive.filename}; "
+                         f"{state} in {odinw_dir})", highlight=False, soft_wrap=True)
+        return
     say = None if quiet else (lambda msg: stderr.print(msg, highlight=False, markup=False, soft_wrap=True))
     if quiet:
         from huggingface_hub.utils import disable_progress_bars

@@ -166,6 +166,22 @@ def ensure_odinw_dataset(name: str, root: str | Path | None = None, *,
     return result.odinw_dir / archive.folder
 
 
+def download_for_data(data: str | Path, root: str | Path | None = None, *,
+                      say: Callable[[str], None] | None = None) -> Path | None:
+    """`--data NAME --download` of the training commands: when `data` is not an existing path but an
+    ODinW dataset name (`EgoHands_generic`, `Raccoon`), download it under `root` if it is missing
+    and return its folder `DATA/odinw/<Folder>`; None for an existing path."""
+    if Path(data).exists():
+        return None
+    try:
+        return ensure_odinw_dataset(str(data), root, say=say)
+    except GlipError as exc:
+        if str(exc).startswith(("unknown dataset", "empty dataset name")):
+            raise GlipError(f"--data {data}: no such folder, and --download fetches only ODinW datasets by name "
+                            "(e.g. --data EgoHands_generic; the names: glip data download odinw --list)") from None
+        raise
+
+
 def download_command(names: Sequence[str], root: str | Path, suite: str | None = None) -> str:
     """The `glip data download odinw` command that fetches `names` (or the whole `suite`) into `root`."""
     which = f"--suite {suite}" if suite else f"--datasets {shlex.quote(','.join(names))}"
