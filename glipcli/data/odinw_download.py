@@ -148,12 +148,14 @@ def download_odinw(archives: Sequence[OdinwArchive], root: str | Path | None = N
     odinw_dir.mkdir(parents=True, exist_ok=True)
     say(f"downloading {len(todo)} ODinW archive{'s' if len(todo) != 1 else ''} ({format_size(sum(sizes))}) "
         f"from {HUB_REPO}@{revision[:12]} into {odinw_dir}")
-    for i, (archive, remote, part) in enumerate(zip(todo, remotes, parts), 1):
-        say(f"[{i}/{len(todo)}] {archive.folder} ({format_size(remote.size or 0)})")
-        _fetch(remote, part, archive)
-        _install(part, archive, odinw_dir, say)
-        result.fetched.append(archive.folder)
-    _remove_empty(odinw_dir / DOWNLOADS_FOLDER)
+    try:
+        for i, (archive, remote, part) in enumerate(zip(todo, remotes, parts), 1):
+            say(f"[{i}/{len(todo)}] {archive.folder} ({format_size(remote.size or 0)})")
+            _fetch(remote, part, archive)
+            _install(part, archive, odinw_dir, say)
+            result.fetched.append(archive.folder)
+    finally:
+        _remove_empty(odinw_dir / DOWNLOADS_FOLDER)  # kept while it holds a part file to resume
     return result
 
 
