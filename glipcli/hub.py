@@ -129,8 +129,7 @@ def download_weights(preset: str, cache_dir: str | Path | None = None, revision:
     target = Path(cache) if cache is not None else Path(constants.HF_HUB_CACHE)
     require_free_space(target, remote.size, f"{preset}: {checkpoint.filename}")
     try:
-        path = hf_hub_download(repo_id=HUB_REPO, filename=checkpoint.filename, revision=revision,
-                               cache_dir=cache, endpoint=endpoint)
+        path = _download_resuming(checkpoint.filename, revision, cache, endpoint)
     except LocalEntryNotFoundError:
         raise GlipError(f"{preset}: {checkpoint.filename} is not in the local Hugging Face cache and "
                         f"the Hugging Face hub cannot be reached; {hint}") from None
@@ -141,6 +140,29 @@ def download_weights(preset: str, cache_dir: str | Path | None = None, revision:
         raise GlipError(f"{preset}: downloading {checkpoint.filename} failed ({_first_line(exc)}); "
                         f"{hint}") from None
     return Path(path)
+
+
+def _download_resuming(filename: str, revision: str, cache: str | None, endpoint: str | None,
+                       attempts: int = 3) -> str:
+    """`hf_hub_download`, called again when a connection drops mid-file: huggingface_hub < 1.0 keeps
+    the partial file and resumes it on the next call (>= 1.0 resumes within the call)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return hf_hub_download(repo_id=HUB_REPO, filename=filename, revision=revision, cache_dir=cache,
+                                   endpoint=endpoint)
+        except (HfHubHTTPError, LocalEntryNotFoundError):
+            raise
+        except Exception as exc:
+            if attempt == attempts or not is_dropped_connection(exc):
+                raise
+    raise AssertionError("unreachable")
+
+
+def is_dropped_connection(exc: BaseException) -> bool:
+    """A connection that broke while a body was being read (requests' ChunkedEncodingError, httpx's
+    RemoteProtocolError / ReadError): worth resuming."""
+    return type(exc).__name__ in {"ChunkedEncodingError", "RemoteProtocolError", "ReadError", "ConnectionError",
+                                  "ProtocolError", "IncompleteRead"}
 
 
 @dataclass(frozen=True)

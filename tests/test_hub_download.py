@@ -57,9 +57,10 @@ def hub(official_tiny, raccoon_zip):
 def small_chunks(monkeypatch):
     """huggingface_hub writes what it received in 10 MB chunks; tiny files need tiny chunks for a
     dropped connection to leave bytes behind to resume from."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants, file_download
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 4096)
+    monkeypatch.setattr(file_download, "DOWNLOAD_CHUNK_SIZE", 4096, raising=False)  # huggingface_hub < 1.0
 
 
 def _gets(hub: HubServer) -> list[tuple[str, str, str | None]]:

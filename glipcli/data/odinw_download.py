@@ -39,7 +39,8 @@ from huggingface_hub.utils import build_hf_headers
 from glipcli.bench.layout import _official_base, default_data_root
 from glipcli.bench.registry import OdinwDataset, find_datasets, name_key, odinw_suite
 from glipcli.errors import GlipError
-from glipcli.hub import HUB_REPO, HUB_REVISION, RemoteFile, format_size, remote_file, require_free_space
+from glipcli.hub import (HUB_REPO, HUB_REVISION, RemoteFile, format_size, is_dropped_connection, remote_file,
+                         require_free_space)
 
 ARCHIVE_FOLDER = "odinw_35"
 DOWNLOADS_FOLDER = ".downloads"
@@ -214,22 +215,31 @@ def _part_path(odinw_dir: Path, archive: OdinwArchive, revision: str) -> Path:
     return odinw_dir / DOWNLOADS_FOLDER / f"{archive.folder}-{revision[:12]}.zip.part"
 
 
-def _fetch(remote: RemoteFile, part: Path, archive: OdinwArchive) -> None:
-    """Download (or finish downloading) `remote` into `part`, then check it against the sha256."""
+def _fetch(remote: RemoteFile, part: Path, archive: OdinwArchive, attempts: int = 5) -> None:
+    """Download (or finish downloading) `remote` into `part`, then check it against the sha256.
+
+    A connection dropped after some bytes arrived is resumed here (older `huggingface_hub`
+    versions do not resume within a call), up to `attempts` times; the part file is kept for the
+    next run when the download still fails."""
     part.parent.mkdir(parents=True, exist_ok=True)
-    have = part.stat().st_size if part.is_file() else 0
-    if remote.size is not None and have > remote.size:
+    if remote.size is not None and part.is_file() and part.stat().st_size > remote.size:
         part.unlink()
-        have = 0
-    if remote.size is None or have < remote.size:
-        with part.open("ab") as out:
-            try:
+    for attempt in range(1, attempts + 1):
+        have = part.stat().st_size if part.is_file() else 0
+        if remote.size is not None and have >= remote.size:
+            break
+        try:
+            with part.open("ab") as out:
                 http_get(remote.location, out, resume_size=have, headers=build_hf_headers(token=False),
                          expected_size=remote.size, displayed_filename=Path(archive.filename).name)
-            except Exception as exc:  # network errors of the HTTP library; the part file is kept for a resume
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise GlipError(f"ODinW {archive.folder}: downloading {archive.filename} failed ({reason}); "
-                                "run the same command again to resume") from None
+            break
+        except Exception as exc:  # the HTTP library's network errors
+            grew = part.is_file() and part.stat().st_size > have
+            if (grew or is_dropped_connection(exc)) and attempt < attempts:
+                continue
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise GlipError(f"ODinW {archive.folder}: downloading {archive.filename} failed ({reason}); "
+                            "run the same command again to resume") from None
     if remote.sha256 is not None and _sha256(part) != remote.sha256:
         part.unlink()
         raise GlipError(f"ODinW {archive.folder}: the downloaded {archive.filename} does not match the hub's "
