@@ -126,6 +126,15 @@ def test_weights_dropped_connection_is_resumed(hub, tmp_path, monkeypatch, small
     assert 0 < resumed_at < len(official_tiny)  # continued, not restarted
 
 
+def test_weights_not_enough_disk_is_refused_before_downloading(hub, tmp_path, monkeypatch, official_tiny):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(GlipError, match=rf"glip-t-c: {CHECKPOINT} needs 2\d.\d MB but only 1.0 kB is free"):
+        download_weights("glip-t-c", cache_dir=tmp_path / "hub", endpoint=hub.endpoint)
+    assert _gets(hub) == []
+
+
 def test_weights_missing_on_the_hub_is_one_line(hub, tmp_path):
     with pytest.raises(GlipError, match=r"glip-l: glip_large_model.pth was not found in GLIPModel/GLIP at commit "
                                         r"66ee3ae9a3b8 on the Hugging Face hub; download https://huggingface.co/"):
