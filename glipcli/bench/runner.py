@@ -387,6 +387,9 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
         data_root = default_data_root()
     avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
                          need_train=req.trains)
+    if req.download and not full_suite.is_odinw:
+        raise GlipError("--download fetches the datasets of the ODinW suites; a suite file names datasets of "
+                        "your own")
     if full_suite.is_odinw and avail.missing:
         names = [m.name for m in avail.missing]
         if req.download:

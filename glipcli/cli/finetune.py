@@ -62,7 +62,9 @@ def finetune(
     task = mode or "full"
     if resume and mode is None:
         task = _stored_task(output) or task
-    if download and data is not None:
+    if download and data is None:
+        raise GlipError("--download needs --data NAME, an ODinW dataset name (e.g. --data EgoHands_generic)")
+    if download:
         from glipcli.cli.app import stderr
         from glipcli.data.odinw_download import download_for_data
 

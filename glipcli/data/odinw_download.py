@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import build_hf_headers
+from huggingface_hub.utils import build_hf_headers, tqdm
 
 from glipcli.bench.layout import _official_base, default_data_root
 from glipcli.bench.registry import OdinwDataset, find_datasets, name_key, odinw_suite
@@ -252,7 +252,6 @@ def _install(part: Path, archive: OdinwArchive, odinw_dir: Path, say: Callable[[
         shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted run
     tmp = Path(tempfile.mkdtemp(prefix=f"{EXTRACT_PREFIX}{archive.folder}-", dir=odinw_dir))
     try:
-        say(f"unpacking {archive.folder}")
         _extract(part, archive, tmp)
         missing = archive.missing_paths(tmp)
         if missing:
@@ -278,6 +277,8 @@ def _extract(part: Path, archive: OdinwArchive, tmp: Path) -> None:
             if not members:
                 raise GlipError(f"{where} is empty; nothing was installed")
             strip = 1 if all(PurePosixPath(m.filename).parts[0] == "odinw" for m in members) else 0
+            bar = tqdm(total=sum(m.file_size for m in members), unit="B", unit_scale=True,
+                       desc=f"unpacking {archive.folder}", disable=None)
             for member in members:
                 parts = PurePosixPath(member.filename).parts[strip:]
                 if (not parts or parts[0] != archive.folder or ".." in parts
@@ -291,6 +292,8 @@ def _extract(part: Path, archive: OdinwArchive, tmp: Path) -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, dest.open("wb") as out:
                     shutil.copyfileobj(src, out, 1 << 20)
+                bar.update(member.file_size)
+            bar.close()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise GlipError(f"{where} is damaged ({exc}); it was deleted and nothing was installed") from None
 
