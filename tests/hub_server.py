@@ -5,16 +5,17 @@ What it serves, for one model repository at one commit:
 
 - `HEAD|GET /{repo}/resolve/{revision}/{path}` where revision is the commit or a branch name
   (`main`): a 302 redirect to `/lfs/{sha256}` on a second port (another origin, as the hub
-  redirects LFS files to its CDN, so the client does not follow it on HEAD), with the headers `huggingface_hub` reads: `X-Repo-Commit`, `X-Linked-Etag`
-  (the sha256, quoted), `X-Linked-Size`, `ETag`. An unknown revision or file answers 404 with
+  redirects LFS files to its CDN, so the client does not follow it on HEAD), with the headers
+  `huggingface_hub` reads: `X-Repo-Commit`, `X-Linked-Etag` (the sha256, quoted),
+  `X-Linked-Size`, `ETag`. An unknown revision or file answers 404 with
   `X-Error-Code: RevisionNotFound` / `EntryNotFound`, as the hub does.
 - `GET /lfs/{sha256}`: the bytes, with `Range: bytes=N-` answered by 206 `Content-Range`
   (resumed downloads).
 
 Faults for tests: `cut_once(path)` sends the full `Content-Length` but only half of the body on the
 next GET of that file and closes the connection (a dropped download); `damage_in_transfer(path)`
-serves one byte changed; `stop()` closes every connection (the network is down). `requests` records every
-request as (method, path, Range header or None).
+serves one byte changed; `stop()` closes every connection (the network is down). `requests`
+records every request as (method, path, Range header or None); `put(path, data)` replaces a file.
 
     with HubServer(repo="GLIPModel/GLIP", commit=COMMIT, files={"a.pth": b"..."}) as hub:
         env = {"HF_ENDPOINT": hub.endpoint}
@@ -150,7 +151,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         self.hub.record(self.command, path, self.headers.get("Range"))
-        self.hub.last_headers = dict(self.headers)
         if (m := _RESOLVE.match(path)) is not None:
             self._resolve(m["repo"], m["revision"], m["path"])
         elif (m := _LFS.match(path)) is not None:

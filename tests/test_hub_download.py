@@ -6,7 +6,6 @@ checked, refused when damaged, a second run does nothing; the missing-data error
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
