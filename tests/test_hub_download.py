@@ -305,6 +305,12 @@ def test_bench_missing_datasets_error_names_the_download_command(tmp_path, capsy
     assert f"glip data download odinw --suite odinw13 --root {tmp_path}" in err
 
 
+def test_bench_with_skip_missing_and_nothing_found_gives_the_same_short_error(tmp_path, capsys):
+    code = main(["bench", "odinw", "--zero-shot", "--data-root", str(tmp_path), "--skip-missing"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "glip data download odinw --suite odinw13" in err, err
+
+
 def test_missing_message_names_only_the_missing_datasets():
     line = missing_message(["Raccoon"], ["Raccoon", "pothole"], "odinw13", "my data")
     assert line.startswith("1 of 2 ODinW datasets missing under my data (Raccoon); fetch it with: "

@@ -396,7 +396,7 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
             download_odinw(odinw_archives(datasets=names), data_root, say=lambda text: say(console, text))
             avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
                                  need_train=req.trains)
-        elif not req.skip_missing:
+        elif not req.skip_missing or not avail.found:
             raise GlipError(missing_message(names, suite.names, full_suite.name, data_root))
     missing = avail.report()
     found = avail.require(req.skip_missing)
