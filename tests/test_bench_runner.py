@@ -363,7 +363,8 @@ def test_odinw_registry_datasets_with_official_prompts(tiny_weights, real_data, 
     assert manual["info"]["layout"] == "roboflow"
     code, _, err = _cli(capsys, "bench", "odinw", "--datasets", "Aquarium", "--data-root", str(real_data),
                         "--weights", str(tiny_weights), "--output", str(tmp_path / "o2"))
-    assert code == 2 and "Aquarium: not found (expected" in err
+    assert code == 2 and f"1 of 1 ODinW datasets missing under {real_data} (Aquarium)" in err
+    assert f"glip data download odinw --datasets Aquarium --root {real_data}" in err
     code, _, err = _cli(capsys, "bench", "odinw", "--suite", str(_suite(tmp_path, real_data)), "--prompts", "plain",
                         "--weights", str(tiny_weights), "--output", str(tmp_path / "o3"))
     assert code == 2 and "--prompts applies to the ODinW suites" in err

@@ -17,13 +17,13 @@ from safetensors.torch import load_file
 from glipcli.cli.main import main
 from glipcli.config import PRESETS
 from glipcli.errors import GlipError
-from glipcli.hub import HUB_CHECKPOINTS, HUB_REPO, download_weights
+from glipcli.hub import HUB_CHECKPOINTS, HUB_REPO, HUB_REVISION, download_weights
 from glipcli.predictor import GLIPPredictor
 from glipcli.weights import infer_config, resolve_model_source
 from golden_utils import fabricate_official_checkpoint, golden_model, load
 
 CLASSES = "person. bicycle. car. dog"
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT = HUB_REVISION  # downloads are pinned to this commit of HUB_REPO
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def test_every_preset_names_an_official_checkpoint():
     assert {c.filename for c in HUB_CHECKPOINTS.values()} == {
         "glip_a_tiny_o365.pth", "glip_tiny_model_o365.pth", "glip_tiny_model_o365_goldg.pth",
         "glip_tiny_model_o365_goldg_cc_sbu.pth", "glip_large_model.pth"}
-    assert HUB_CHECKPOINTS["glip-t-a"].url == f"https://huggingface.co/{HUB_REPO}/blob/main/glip_a_tiny_o365.pth"
+    assert HUB_CHECKPOINTS["glip-t-a"].url == (f"https://huggingface.co/{HUB_REPO}/resolve/{HUB_REVISION}/"
+                                               "glip_a_tiny_o365.pth")
 
 
 def test_preset_resolves_from_the_hub_cache(official_tiny, tmp_path, monkeypatch, golden_dir):

@@ -43,10 +43,11 @@ from typing import Any
 
 from glipcli.bench.layout import BenchDataset, default_data_root
 from glipcli.bench.model import BenchModel, default_output
+from glipcli.bench.odinw_download import download_odinw, missing_message, odinw_archives
 from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
 from glipcli.bench.results import (ALL_DATA, MODES, ZERO_SHOT, CellKey, CellResult, ResultsStore, Summary,
                                    TableFiles, summarize)
-from glipcli.bench.session import BenchSession, free_memory
+from glipcli.bench.session import BenchSession, free_memory, say
 from glipcli.bench.split_eval import evaluate_split
 from glipcli.bench.standard import run_coco, run_flickr30k, run_lvis  # noqa: F401  (re-exported)
 from glipcli.bench.suite import load_suite
@@ -109,6 +110,7 @@ class OdinwRequest:
     prompts: str | None = None
     prompts_dir: str | Path | None = None
     skip_missing: bool = False
+    download: bool = False
     output: str | Path | None = None
     epochs: int | None = None
     batch_size: int | None = None
@@ -360,6 +362,17 @@ def run_odinw(req: OdinwRequest, model: BenchModel | None = None, console=None, 
         data_root = default_data_root()
     avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
                          need_train=req.trains)
+    if req.download and not full_suite.is_odinw:
+        raise GlipError("--download fetches the datasets of the ODinW suites; a suite file names datasets of "
+                        "your own")
+    if full_suite.is_odinw and avail.missing:
+        names = [m.name for m in avail.missing]
+        if req.download:
+            download_odinw(odinw_archives(datasets=names), data_root, say=lambda text: say(console, text))
+            avail = suite.locate(data_root, prompts=req.prompts or "manual", prompts_dir=req.prompts_dir,
+                                 need_train=req.trains)
+        elif not req.skip_missing or not avail.found:
+            raise GlipError(missing_message(names, suite.names, full_suite.name, data_root))
     missing = avail.report()
     found = avail.require(req.skip_missing)
     session = BenchSession(model, console, progress, eval_batch_size=req.eval_batch_size, cast_weights=False)

@@ -63,6 +63,8 @@ def odinw(
              "(default: $GLIP_DATA_ROOT, else ./DATASET).")] = None,
     skip_missing: Annotated[bool, typer.Option(help="Run the datasets found and skip the missing ones "
                                                     "(default: a missing dataset is an error).")] = False,
+    download: Annotated[bool, typer.Option("--download", help="Download the missing ODinW datasets first "
+                                                              "(as `glip data download odinw`).")] = False,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
@@ -80,8 +82,9 @@ def odinw(
 ) -> None:
     """ODinW (or your own suite): zero-shot, K-shot and full-data transfer, tables in JSON, CSV and Markdown.
 
-    Needs the datasets: --data-root DIR with odinw/<name>/ (official layout) or <name>/{train,valid}/
-    Roboflow exports. Finished cells are skipped on a re-run with the same --output.
+    Needs the datasets: --data-root DIR with odinw/<name>/ (official layout; `glip data download odinw` or
+    --download fetches them) or <name>/{train,valid}/ Roboflow exports. Finished cells are skipped on a re-run
+    with the same --output.
     """
     # deferred import: keeps `glip --help` fast
     from glipcli.bench.results import rich_table
@@ -92,7 +95,7 @@ def odinw(
         zero_shot=zero_shot, shots=parse_int_list(shots, "--shots"),
         seeds=parse_int_list(seeds, "--seeds") if seeds is not None else None, full_data=full,
         modes=[m.strip() for m in mode.split(",") if m.strip()], prompts=prompts, prompts_dir=prompts_dir,
-        skip_missing=skip_missing, output=output, epochs=epochs, batch_size=batch_size,
+        skip_missing=skip_missing, download=download, output=output, epochs=epochs, batch_size=batch_size,
         eval_batch_size=eval_batch_size, keep_weights=keep_weights)
     report = run_odinw(request, _model(model, weights, config, device, dtype), console=None if quiet else stderr,
                        progress=not quiet)

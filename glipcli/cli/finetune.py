@@ -17,6 +17,9 @@ MODES = ("full", "linear-probe")
 def finetune(
     output: opt.Output,
     data: opt.DataDir = None,
+    download: Annotated[bool, typer.Option(
+        "--download", help="When --data names an ODinW dataset (e.g. EgoHands_generic) missing under the data root "
+                           "($GLIP_DATA_ROOT, else ./DATASET), download it first.", rich_help_panel=opt.DATA)] = False,
     train_ann: opt.TrainAnn = None,
     train_images: opt.TrainImages = None,
     val_ann: opt.ValAnn = None,
@@ -59,6 +62,14 @@ def finetune(
     task = mode or "full"
     if resume and mode is None:
         task = _stored_task(output) or task
+    if download and data is None:
+        raise GlipError("--download needs --data NAME, an ODinW dataset name (e.g. --data EgoHands_generic)")
+    if download:
+        from glipcli.cli.app import stderr
+        from glipcli.bench.odinw_download import download_for_data
+
+        download_for_data(data, say=None if not progress else (
+            lambda text: stderr.print(text, highlight=False, markup=False, soft_wrap=True)))
     options = dict(shots=shots, seed=seed, val_shots=val_shots, epochs=epochs, copies=copies,
                    batch_size=batch_size, lr=lr, language_lr=language_lr, weight_decay=weight_decay,
                    lr_patience=lr_patience, stop_patience=patience, eval_batch_size=eval_batch_size,

@@ -9,6 +9,7 @@ import click
 
 from glipcli.cli import bench  # noqa: F401  (registers `glip bench`)
 from glipcli.cli import convert  # noqa: F401  (registers `glip convert`)
+from glipcli.cli import data  # noqa: F401  (registers `glip data`)
 from glipcli.cli import detect  # noqa: F401  (registers the command)
 from glipcli.cli import finetune  # noqa: F401  (registers `glip finetune`)
 from glipcli.cli import ground  # noqa: F401  (registers `glip ground`)
