@@ -1,15 +1,20 @@
 """Reading official GLIP checkpoints and reading/writing our own safetensors files.
 
 Official `.pth` files hold `{"model": state_dict, ...}` written from a DistributedDataParallel
-model (keys prefixed `module.`), with the official module paths. They are read with
-`torch.load(weights_only=True)` (no code can run), their keys are mapped onto our module tree,
-and any missing, unexpected or mis-shaped entry is reported by name.
+model (keys prefixed `module.`), with the official module paths. The released files are training
+checkpoints: beside `model` they hold `model_ema` and the optimizer's state (about 4x the weights).
+They are read with `torch.load(weights_only=True, mmap=True)` (no code can run; entries other than
+`model` are never read from disk), their keys are mapped onto our module tree, and any missing,
+unexpected or mis-shaped entry is reported by name. Extra entries of the kinds the releases carry
+(BERT's pooler, the masked-language-model head) are skipped with one log line, as the official
+loader skips every extra key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -23,6 +28,8 @@ from glipcli.errors import GlipError
 from glipcli.io import atomic_write
 from glipcli.modeling.anchors import cell_anchor
 
+log = logging.getLogger(__name__)
+
 FORMAT_TAG = "glipcli"
 
 # Checkpoint entries that the model recomputes; the official loader does not need them either.
@@ -30,6 +37,14 @@ _DERIVED_KEYS = (
     re.compile(r"^backbone\.swin\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$"),
     re.compile(r"^language\.bert\.embeddings\.(position_ids|token_type_ids)$"),
 )
+# Entries of released checkpoints that the model has no counterpart for, by kind. BERT's pooler is
+# kept by the transformers versions GLIP was trained with (GLIP never uses it; mmdetection's converter
+# drops it too); `mlm_head` exists where training used the masked-language-model loss. Matched after
+# the official names are mapped onto ours (the pooler maps to `language.bert.pooler.*`).
+RELEASE_EXTRAS = {
+    "BERT pooler": re.compile(r"^(language\.bert|language_backbone\.body\.model)\.pooler\."),
+    "MLM head": re.compile(r"^rpn\.head\.mlm_head\."),
+}
 _DYCONV_NAMES = {
     "DyConv.0.conv.": "from_coarser.conv.",
     "DyConv.0.bn.": "from_coarser.norm.",
@@ -218,11 +233,15 @@ def _torch_load_plain(path: Path) -> Any:
         raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
 
 
+MODEL_ENTRIES = ("model", "state_dict", "model_ema")
+
+
 def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    """The model's state dict inside a checkpoint: its `model` entry (as the official loader reads
+    it; preferred to `model_ema`), else `state_dict`, else `model_ema`, else the whole dict. The
+    other entries (optimizer, scheduler, iteration) are dropped unread (they are memory-mapped)."""
+    if isinstance(obj, dict):
+        obj = next((obj[k] for k in MODEL_ENTRIES if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj:
         raise GlipError(f"{path}: not a GLIP checkpoint (no state dict inside)")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -291,6 +310,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
             mismatched.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
         state.pop(key)
     unexpected += [k for k in state if k not in own]
+    unexpected = _skip_release_extras(unexpected, source)
     missing = [k for k in own if k not in state and not any(p.match(k) for p in _DERIVED_KEYS)]
     mismatched += [
         f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
@@ -314,6 +334,29 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
                    for k, v in to_load.items()}
     model.load_state_dict(to_load, strict=False, assign=assign)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def release_extra_kind(key: str) -> str | None:
+    """The kind of released-checkpoint extra `key` is (see RELEASE_EXTRAS), or None."""
+    return next((kind for kind, pattern in RELEASE_EXTRAS.items() if pattern.match(key)), None)
+
+
+def _skip_release_extras(unexpected: list[str], source: str) -> list[str]:
+    """`unexpected` without the release extras; logs one line counting those skipped."""
+    counts: dict[str, int] = {}
+    kept = []
+    for key in unexpected:
+        kind = release_extra_kind(key)
+        if kind is None:
+            kept.append(key)
+        else:
+            counts[kind] = counts.get(kind, 0) + 1
+    if counts:
+        total = sum(counts.values())
+        kinds = ", ".join(f"{kind} {counts[kind]}" for kind in RELEASE_EXTRAS if kind in counts)
+        log.warning("%s: ignored %d checkpoint entr%s the model does not use (%s)", source, total,
+                    "y" if total == 1 else "ies", kinds)
+    return kept
 
 
 def build_empty(cfg: GLIPConfig) -> nn.Module:
