@@ -15,7 +15,7 @@ MODES = ("full", "linear-probe")
 
 @app.command()
 def finetune(
-    output: opt.Output,
+    output: opt.Output = None,
     data: opt.DataDir = None,
     train_ann: opt.TrainAnn = None,
     train_images: opt.TrainImages = None,
@@ -57,6 +57,7 @@ def finetune(
     if mode is not None and mode not in MODES:
         raise GlipError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     task = mode or "full"
+    output = opt.run_folder("finetune", output, data, train_ann, resume)
     if resume and mode is None:
         task = _stored_task(output) or task
     options = dict(shots=shots, seed=seed, val_shots=val_shots, epochs=epochs, copies=copies,

@@ -162,11 +162,12 @@ def resolve_splits(data_dir: str | Path | None = None, *, train_ann: str | Path 
                    train_images: str | Path | None = None, val_ann: str | Path | None = None,
                    val_images: str | Path | None = None, test_ann: str | Path | None = None,
                    test_images: str | Path | None = None) -> dict[str, SplitPaths]:
-    """Splits from `--data DIR` (Roboflow layout) and/or explicit annotation/image paths.
+    """Splits from `--data` (a Roboflow export, an official ODinW folder or an ODinW dataset name:
+    see `glipcli.data.dataset_source`) and/or explicit annotation/image paths.
 
     Explicit paths override the folder's; an explicit annotation file without an image folder
     takes the images from the annotation file's folder."""
-    splits: dict[str, SplitPaths] = roboflow_splits(data_dir) if data_dir is not None else {}
+    splits: dict[str, SplitPaths] = _data_splits(data_dir) if data_dir is not None else {}
     for split, ann, images, flag in (("train", train_ann, train_images, "--train"),
                                      ("valid", val_ann, val_images, "--val"),
                                      ("test", test_ann, test_images, "--test")):
@@ -182,11 +183,18 @@ def resolve_splits(data_dir: str | Path | None = None, *, train_ann: str | Path 
             raise GlipError(f"{ann}: no such annotation file")
         splits[split] = SplitPaths(ann, Path(images) if images is not None else ann.parent)
     if "train" not in splits:
-        raise GlipError("no training data: pass --data DIR (Roboflow COCO layout) or --train-ann FILE")
+        raise GlipError("no training data: pass --data DIR (a Roboflow export or an ODinW dataset) or --train-ann FILE")
     for paths in splits.values():
         if not paths.images.is_dir():
             raise GlipError(f"{paths.images}: no such image folder")
     return splits
+
+
+def _data_splits(data: str | Path) -> dict[str, SplitPaths]:
+    # dataset_source builds on this module (SplitPaths, roboflow_splits), hence the late import.
+    from glipcli.data.dataset_source import resolve_dataset
+
+    return dict(resolve_dataset(data).splits)
 
 
 # -- reading -----------------------------------------------------------------------------------------
