@@ -18,6 +18,8 @@ from glipcli.data.dataset_source import OdinwDataMissing, download_command, reso
 from glipcli.engine.run_folders import latest_run_folder, new_run_folder, run_name
 from glipcli.errors import GlipError
 
+pytestmark = pytest.mark.smoke
+
 OFFICIAL_FILE = "annotations_without_background.json"
 
 

@@ -19,6 +19,8 @@ from glipcli.weights import ModelSource, load_model
 from glipcli.yacs_config import config_from_yacs
 from golden_utils import load
 
+pytestmark = pytest.mark.smoke
+
 HIDDEN = 64  # tiny/bert_config.json
 VOCAB = 30522
 
