@@ -108,7 +108,8 @@ def odinw_by_name(entry: OdinwDataset, data_root: Path) -> DatasetSource:
     OdinwDataMissing when its train or evaluation split is not there."""
     found = locate_odinw(entry, data_root, need_train=True)
     if isinstance(found, MissingDataset):
-        raise OdinwDataMissing(entry, data_root, found.expected[0])
+        absent = next((p for p in found.expected if not p.exists()), found.expected[0])
+        raise OdinwDataMissing(entry, data_root, absent)
     return _from_bench(found)
 
 
