@@ -1,14 +1,20 @@
 """Reading official GLIP checkpoints and reading/writing our own safetensors files.
 
 Official `.pth` files hold `{"model": state_dict, ...}` written from a DistributedDataParallel
-model (keys prefixed `module.`), with the official module paths. They are read with
-`torch.load(weights_only=True)` (no code can run), their keys are mapped onto our module tree,
-and any missing, unexpected or mis-shaped entry is reported by name.
+model (keys prefixed `module.`), with the official module paths. The released files are training
+checkpoints: beside `model` they hold `model_ema` and the optimizer's state (about 4x the weights).
+They are read with `torch.load(weights_only=True, mmap=True)` (no code can run; entries other than
+`model` are never read from disk), their keys are mapped onto our module tree, and any missing,
+unexpected or mis-shaped entry is reported by name. Extra entries of the kinds the releases carry
+(BERT's pooler, the masked-language-model head) are skipped with one log line, as the official
+loader skips every extra key.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import pickle
 import re
 from pathlib import Path
@@ -24,6 +30,8 @@ from glipcli.io import atomic_write
 from glipcli.modeling.anchors import cell_anchor
 from glipcli.modeling.glip import GLIP
 
+log = logging.getLogger(__name__)
+
 FORMAT_TAG = "glipcli"
 
 # Checkpoint entries that the model recomputes; the official loader does not need them either.
@@ -31,6 +39,14 @@ _DERIVED_KEYS = (
     re.compile(r"^backbone\.swin\.layers\.\d+\.blocks\.\d+\.attn\.relative_position_index$"),
     re.compile(r"^language\.bert\.embeddings\.(position_ids|token_type_ids)$"),
 )
+# Entries of released checkpoints that the model has no counterpart for, by kind. BERT's pooler is
+# kept by the transformers versions GLIP was trained with (GLIP never uses it; mmdetection's converter
+# drops it too); `mlm_head` exists where training used the masked-language-model loss. Matched after
+# the official names are mapped onto ours (the pooler maps to `language.bert.pooler.*`).
+RELEASE_EXTRAS = {
+    "BERT pooler": re.compile(r"^(language\.bert|language_backbone\.body\.model)\.pooler\."),
+    "MLM head": re.compile(r"^rpn\.head\.mlm_head\."),
+}
 _DYCONV_NAMES = {
     "DyConv.0.conv.": "from_coarser.conv.",
     "DyConv.0.bn.": "from_coarser.norm.",
@@ -219,11 +235,15 @@ def _torch_load_plain(path: Path) -> Any:
         raise GlipError(f"{path}: not a readable checkpoint ({_short(exc)})") from None
 
 
+MODEL_ENTRIES = ("model", "state_dict", "model_ema")
+
+
 def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
-        obj = obj["model"]
-    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
+    """The model's state dict inside a checkpoint: its `model` entry (as the official loader reads
+    it; preferred to `model_ema`), else `state_dict`, else `model_ema`, else the whole dict. The
+    other entries (optimizer, scheduler, iteration) are dropped unread (they are memory-mapped)."""
+    if isinstance(obj, dict):
+        obj = next((obj[k] for k in MODEL_ENTRIES if isinstance(obj.get(k), dict)), obj)
     if not isinstance(obj, dict) or not obj:
         raise GlipError(f"{path}: not a GLIP checkpoint (no state dict inside)")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -292,6 +312,7 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
             mismatched.append(f"{key} (checkpoint {tuple(state[key].shape)}, model {tuple(own[key].shape)})")
         state.pop(key)
     unexpected += [k for k in state if k not in own]
+    unexpected = _skip_release_extras(unexpected, source)
     missing = [k for k in own if k not in state and not any(p.match(k) for p in _DERIVED_KEYS)]
     mismatched += [
         f"{k} (checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
@@ -317,12 +338,59 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     return {"missing": missing, "unexpected": unexpected}
 
 
+def release_extra_kind(key: str) -> str | None:
+    """The kind of released-checkpoint extra `key` is (see RELEASE_EXTRAS), or None."""
+    return next((kind for kind, pattern in RELEASE_EXTRAS.items() if pattern.match(key)), None)
+
+
+def _skip_release_extras(unexpected: list[str], source: str) -> list[str]:
+    """`unexpected` without the release extras; logs one line counting those skipped."""
+    counts: dict[str, int] = {}
+    kept = []
+    for key in unexpected:
+        kind = release_extra_kind(key)
+        if kind is None:
+            kept.append(key)
+        else:
+            counts[kind] = counts.get(kind, 0) + 1
+    if counts:
+        total = sum(counts.values())
+        kinds = ", ".join(f"{kind} {counts[kind]}" for kind in RELEASE_EXTRAS if kind in counts)
+        log.warning("%s: ignored %d checkpoint entr%s the model does not use (%s)", source, total,
+                    "y" if total == 1 else "ies", kinds)
+    return kept
+
+
 def build_empty(cfg: GLIPConfig) -> nn.Module:
     """A `GLIP` whose parameters are not allocated or initialised (meta device) while its
     buffers are real; fill it with `load_state_dict_checked(..., assign=True)`. Building this
     way skips the random initialisation (seconds for GLIP-T) and a second copy of the weights."""
-    with init_empty_weights(include_buffers=False):
+    with init_empty_weights(include_buffers=False), _parameter_init_skipped():
         return GLIP(cfg)
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "xavier_uniform_",
+                   "xavier_normal_", "kaiming_uniform_", "kaiming_normal_")
+
+
+@contextlib.contextmanager
+def _parameter_init_skipped():
+    """`torch.nn.init` fills do nothing inside: on meta parameters they are no-ops anyway, but
+    they dispatch through torch's Python references, whose first use imports torch._dynamo
+    (seconds and ~0.17 GiB of memory for GLIP-T). Buffers are never filled through nn.init."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    for name in _INIT_FUNCTIONS:
+        setattr(nn.init, name, _no_init)
+    try:
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(nn.init, name, function)
+
+
+def _no_init(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return tensor
+
 
 
 def config_metadata(cfg: GLIPConfig) -> dict[str, str]:

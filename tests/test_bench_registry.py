@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glipcli.bench import registry as reg
-from glipcli.bench.layout import BenchDataset, locate_odinw
+from glipcli.data.odinw import registry as reg
+from glipcli.data.odinw.layout import BenchDataset, locate_odinw
 from glipcli.bench.suite import default_prompts_dir, load_suite
 from glipcli.errors import GlipError
 

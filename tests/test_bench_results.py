@@ -10,7 +10,7 @@ import math
 import pytest
 
 from glipcli.bench import paper
-from glipcli.bench.registry import odinw_suite
+from glipcli.data.odinw.registry import odinw_suite
 from glipcli.bench.results import (ALL_DATA, AVERAGE, ZERO_SHOT, CellKey, CellResult, ResultsStore, SettingKey,
                                    rich_table, summarize, to_markdown)
 from glipcli.errors import GlipError

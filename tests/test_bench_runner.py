@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from glipcli.bench import runner, split_eval, standard
 from glipcli.evaluation.detection import map_classes
 from glipcli.bench.model import BenchModel
-from glipcli.bench.registry import name_key
+from glipcli.data.odinw.registry import name_key
 from glipcli.bench.runner import OdinwRequest, parse_int_list, run_odinw
 from glipcli.bench.standard import PredictionLog
 from glipcli.checkpoint import save_safetensors
@@ -290,7 +290,7 @@ def test_official_layout_prepared_fewshot_file_and_test_split(tiny, real_data, t
     """The official ODinW layout: the prepared fewshot_train_shot1_seed3.json is trained on as it is (with
     the official 1-shot schedule); seed 30 has no prepared file, so the seeded sampler draws it; the best
     model is scored on the test split."""
-    from glipcli.bench.registry import odinw_dataset
+    from glipcli.data.odinw.registry import odinw_dataset
 
     entry = odinw_dataset("Raccoon", "odinw13")
     data = tmp_path / "DATA"

@@ -25,6 +25,7 @@ def _golden_args(golden_dir: Path) -> list[str]:
     return ["--config", str(tiny / "config.yaml"), "--weights", str(tiny / "weights.safetensors")]
 
 
+@pytest.mark.smoke
 def test_detect_reproduces_golden_det(golden_dir, tmp_path):
     out = tmp_path / "out.json"
     code = main(["detect", str(golden_dir / "tiny" / "image.png"), *_golden_args(golden_dir),

@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from glipcli.bench.layout import BenchDataset, locate_odinw
-from glipcli.bench.registry import odinw_dataset
+from glipcli.data.odinw.layout import BenchDataset, locate_odinw
+from glipcli.data.odinw.registry import odinw_dataset
 from glipcli.cli.main import main
-from glipcli.bench.odinw_download import (download_for_data, download_odinw, missing_message, odinw_archives,
+from glipcli.data.odinw.download import (download_for_data, download_odinw, missing_message, odinw_archives,
                                          odinw_folder)
 from glipcli.errors import GlipError
 from glipcli.hub import HUB_CHECKPOINTS, HUB_REPO, HUB_REVISION, download_weights

@@ -14,7 +14,8 @@ from PIL import Image
 
 from glipcli.config import InputConfig
 from glipcli.data.coco import coco_ground_truth, load_coco
-from glipcli.data.splits import resolve_splits, roboflow_splits
+from glipcli.data.dataset_source import resolve_splits
+from glipcli.data.splits import roboflow_splits
 from glipcli.data.epoch_batches import EpochBatches
 from glipcli.data.fewshot import default_patience, default_schedule, few_shot_indices
 from glipcli.data.train_dataset import TrainCollate, TrainDataset

@@ -41,10 +41,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.layout import BenchDataset, default_data_root
+from glipcli.data.odinw.layout import BenchDataset, default_data_root
 from glipcli.bench.model import BenchModel, default_output
-from glipcli.bench.odinw_download import download_odinw, missing_message, odinw_archives
-from glipcli.bench.registry import OFFICIAL_SEEDS, OdinwDataset
+from glipcli.data.odinw.download import download_odinw, missing_message, odinw_archives
+from glipcli.data.odinw.registry import OFFICIAL_SEEDS, OdinwDataset
 from glipcli.bench.results import (ALL_DATA, MODES, ZERO_SHOT, CellKey, CellResult, ResultsStore, Summary,
                                    TableFiles, summarize)
 from glipcli.bench.session import BenchSession, free_memory, say

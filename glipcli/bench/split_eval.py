@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from glipcli.bench.layout import SplitFiles
+from glipcli.data.odinw.layout import SplitFiles
 from glipcli.chunked_detection import iter_detect_with_spec
 from glipcli.evaluation.coco import coco_box_ap, load_ground_truth
 from glipcli.evaluation.detection import image_paths, map_classes, require_evaluable, to_result

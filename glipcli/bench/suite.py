@@ -17,7 +17,7 @@ one found under `root`. Relative paths are relative to the suite file's folder. 
 the bare list of datasets. Every schema problem is a one-line GlipError naming the file, the entry
 and the key.
 
-ODinW suites find their data under `--data-root` (see `glipcli.bench.layout`) and detect with the
+ODinW suites find their data under `--data-root` (see `glipcli.data.odinw.layout`) and detect with the
 dataset's prompt file `<prompts_dir>/{plain,manual}/<official config>.yaml`.
 """
 
@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from glipcli.bench.layout import (ROBOFLOW_ANNOTATION_FILE, ROBOFLOW_SPLIT_FOLDERS, Availability, BenchDataset,
+from glipcli.data.odinw.layout import (ROBOFLOW_ANNOTATION_FILE, ROBOFLOW_SPLIT_FOLDERS, Availability, BenchDataset,
                                   MissingDataset, SplitFiles, availability, locate_files, locate_odinw,
                                   roboflow_export_splits)
-from glipcli.bench.registry import PROMPT_VARIANTS, SUITES, OdinwDataset, find_datasets, name_key, odinw_suite
+from glipcli.data.odinw.registry import PROMPT_VARIANTS, SUITES, OdinwDataset, find_datasets, name_key, odinw_suite
 from glipcli.errors import GlipError
 
 SPLIT_NAMES = ("train", "val", "minival", "test")

@@ -1,5 +1,5 @@
 """`glip data download odinw`: the ODinW datasets from the hub, into the layout `glip bench odinw` reads.
-The work is done by `glipcli.bench.odinw_download`."""
+The work is done by `glipcli.data.odinw.download`."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def odinw(
     Resumable (run it again after an interruption), checked (sha256, zip CRC, the expected annotation files)
     and installed atomically; datasets already complete are left alone.
     """
-    from glipcli.bench.odinw_download import download_odinw, odinw_archives, odinw_folder
+    from glipcli.data.odinw.download import download_odinw, odinw_archives, odinw_folder
 
     names = [d.strip() for d in (datasets or "").split(",") if d.strip()] or None
     archives = odinw_archives(suite, names)

@@ -15,7 +15,7 @@ MODES = ("full", "linear-probe")
 
 @app.command(short_help="Fine-tune GLIP on a COCO detection dataset.")
 def finetune(
-    output: opt.Output,
+    output: opt.Output = None,
     data: opt.DataDir = None,
     download: Annotated[bool, typer.Option(
         "--download", help="When --data names an ODinW dataset (e.g. EgoHands_generic) missing under the data root "
@@ -60,13 +60,14 @@ def finetune(
     if mode is not None and mode not in MODES:
         raise GlipError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     task = mode or "full"
+    output = opt.run_folder("finetune", output, data, train_ann, resume)
     if resume and mode is None:
         task = _stored_task(output) or task
     if download and data is None:
         raise GlipError("--download needs --data NAME, an ODinW dataset name (e.g. --data EgoHands_generic)")
     if download:
         from glipcli.cli.app import stderr
-        from glipcli.bench.odinw_download import download_for_data
+        from glipcli.data.odinw.download import download_for_data
 
         download_for_data(data, say=None if not progress else (
             lambda text: stderr.print(text, highlight=False, markup=False, soft_wrap=True)))

@@ -16,8 +16,9 @@ DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
 
 @app.command(short_help="Pre-train GLIP (default: nano on the synthetic world).")
 def pretrain(
-    output: Annotated[Path, typer.Option(help="Run folder: run.json, log.jsonl, checkpoints/, model.safetensors.",
-                                         rich_help_panel=RUN)],
+    output: Annotated[Optional[Path], typer.Option(
+        help="Run folder: run.json, log.jsonl, checkpoints/, model.safetensors. (default: runs/pretrain/<data name, "
+             "or world>, then -2, -3 ...; with --resume the latest of those)", rich_help_panel=RUN)] = None,
     data: Annotated[Optional[Path], typer.Option(
         help="A `glip synth-data` folder (train/_annotations.coco.json + train/_grounding.coco.json) or any COCO "
              "detection layout. Default: the synthetic world is rendered on the fly from --seed.",
@@ -104,6 +105,7 @@ def pretrain(
     # deferred import: keeps `glip --help` fast
     from glipcli.nano.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
 
+    output = _run_folder(output, data, resume)
     if threads is not None:
         torch.set_num_threads(threads)
     if export is not None:
@@ -165,6 +167,18 @@ def pretrain(
         path = export_weights(trainer.model, export, extra_metadata={"glip_pretrain": json.dumps(summary)})
         stderr.print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, float16, without the text encoder)",
                      highlight=False, markup=False, soft_wrap=True)
+
+
+def _run_folder(output: Path | None, data: Path | None, resume: bool) -> Path:
+    """--output, else runs/pretrain/<data folder name, or world> (-2, -3 ...); with --resume the
+    latest run there."""
+    if output is not None:
+        return output
+    from glipcli.cli.training_options import default_run_folder
+    from glipcli.engine.run_folders import run_name
+
+    name = run_name(data.resolve().name) if data is not None else "world"
+    return default_run_folder("pretrain", name, resume, any_data=resume and data is None)
 
 
 def _source(data: Path | None, world_images: int | None, seed: int):

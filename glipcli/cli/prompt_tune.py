@@ -12,7 +12,7 @@ from glipcli.cli.app import app
 
 @app.command("prompt-tune", short_help="Tune a prompt offset on frozen text features.")
 def prompt_tune(
-    output: opt.Output,
+    output: opt.Output = None,
     data: opt.DataDir = None,
     train_ann: opt.TrainAnn = None,
     train_images: opt.TrainImages = None,
@@ -47,6 +47,7 @@ def prompt_tune(
     Writes OUTPUT/adapter_best.safetensors (< 1 MB for GLIP-T): the offset, the exact caption it
     belongs to and the base model's identity.
     """
+    output = opt.run_folder("prompt-tune", output, data, train_ann, resume)
     options = dict(shots=shots, seed=seed, val_shots=val_shots, epochs=epochs, copies=copies,
                    batch_size=batch_size, lr=lr, weight_decay=weight_decay, lr_patience=lr_patience,
                    stop_patience=patience, eval_batch_size=eval_batch_size, mixed_precision=mixed_precision,

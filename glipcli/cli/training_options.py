@@ -6,12 +6,14 @@ default, a resumed run its own stored value (an explicit value must agree with i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from glipcli.cli.app import stderr
+from glipcli.errors import GlipError
 
 DATA = "Data"
 MODEL = "Model"
@@ -19,7 +21,8 @@ SCHEDULE = "Schedule"
 RUN = "Run"
 
 DataDir = Annotated[Optional[Path], typer.Option(
-    "--data", help="Dataset in the Roboflow COCO layout: DIR/{train,valid,test}/_annotations.coco.json.",
+    "--data", help="Dataset: a Roboflow export (DIR/{train,valid,test}/_annotations.coco.json), an official ODinW "
+                   "dataset folder, or an ODinW dataset name (e.g. EgoHands) under $GLIP_DATA_ROOT (default: DATASET).",
     rich_help_panel=DATA)]
 TrainAnn = Annotated[Optional[Path], typer.Option(help="Training annotations (COCO JSON).", rich_help_panel=DATA)]
 TrainImages = Annotated[Optional[Path], typer.Option(help="Training images folder (default: beside the JSON).",
@@ -67,16 +70,45 @@ Patience = Annotated[Optional[int], typer.Option(
 EvalBatchSize = Annotated[Optional[int], typer.Option(help="Images per evaluation batch. (default: 4)",
                                                       rich_help_panel=SCHEDULE)]
 
-Output = Annotated[Path, typer.Option(help="Run folder: checkpoints, best model, metrics.json, log.jsonl.",
-                                      rich_help_panel=RUN)]
-Resume = Annotated[bool, typer.Option(help="Continue the run in --output exactly where it stopped.",
-                                      rich_help_panel=RUN)]
+Output = Annotated[Optional[Path], typer.Option(
+    help="Run folder: checkpoints, best model, metrics.json, log.jsonl. (default: runs/<command>/<data name>, "
+         "then -2, -3 ...; with --resume the latest of those)", rich_help_panel=RUN)]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --output (default: the latest run on --data) exactly "
+                                           "where it stopped.", rich_help_panel=RUN)]
 MixedPrecision = Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
                                                        rich_help_panel=RUN)]
 Cpu = Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is available.", rich_help_panel=RUN)]
 NumWorkers = Annotated[Optional[int], typer.Option(help="Data-loading worker processes. (default: 0)",
                                                    rich_help_panel=RUN)]
 ShowProgress = Annotated[bool, typer.Option(help="Show the progress bar (stderr).", rich_help_panel=RUN)]
+
+
+def run_folder(command: str, output: Path | None, data: Path | None, train_ann: Path | None, resume: bool) -> Path:
+    """`--output`, else the default run folder of `command` for this data (see `default_run_folder`)."""
+    if output is not None:
+        return output
+    from glipcli.engine.run_folders import data_name
+
+    given = data is not None or train_ann is not None
+    if not given and not resume:
+        raise GlipError("no training data: pass --data (a dataset folder or an ODinW dataset name) or --train-ann FILE")
+    return default_run_folder(command, data_name(data, train_ann), resume, any_data=resume and not given)
+
+
+def default_run_folder(command: str, name: str, resume: bool, any_data: bool = False) -> Path:
+    """runs/<command>/<name>, -2, -3 ... (the first free one), printed before training starts; with
+    `resume` the latest run among those (among all of `command`'s runs with `any_data`)."""
+    from glipcli.engine.run_folders import latest_run_folder, new_run_folder
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would pick its own free folder
+        raise GlipError("a multi-process launch needs --output RUN_DIR (the same folder for every process)")
+    if resume:
+        folder = latest_run_folder(command, None if any_data else name)
+        stderr.print(f"resuming the run in {folder}", highlight=False, markup=False, soft_wrap=True)
+    else:
+        folder = new_run_folder(command, name)
+        stderr.print(f"run folder: {folder}", highlight=False, markup=False, soft_wrap=True)
+    return folder
 
 
 def run(task: str, *, data, train_ann, train_images, val_ann, val_images, test_ann, test_images, prompt_file,

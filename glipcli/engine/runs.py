@@ -19,7 +19,8 @@ from typing import Any
 
 from glipcli.config import GLIPConfig
 from glipcli.data.coco import load_coco
-from glipcli.data.splits import SplitPaths, resolve_splits
+from glipcli.data.dataset_source import resolve_splits
+from glipcli.data.splits import SplitPaths
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult
 from glipcli.errors import GlipError

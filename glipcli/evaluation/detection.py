@@ -20,7 +20,6 @@ categories, the images found, each detection a pycocotools result.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +28,7 @@ from typing import Any
 
 from glipcli.data.coco import placeholder_category_ids
 from glipcli.errors import GlipError
-from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
-
-
-def name_key(name: str) -> str:
-    """The form names are compared in: lower case, only letters and digits."""
-    return re.sub(r"[^0-9a-z]", "", name.lower())
+from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec, name_key
 
 
 # -- images -----------------------------------------------------------------------------------------

@@ -46,6 +46,11 @@ CLASS_KEYS = ("name", "text", "prefix", "suffix", "threshold")
 TOP_LEVEL_KEYS = ("classes", "suppress")
 
 
+def name_key(name: str) -> str:
+    """The form class and dataset names are compared in: lower case, only letters and digits."""
+    return re.sub(r"[^0-9a-z]", "", name.lower())
+
+
 def official_clean_name(name: str) -> str:
     """The official evaluation's name clean-up (engine/inference.py `clean_name`).
 

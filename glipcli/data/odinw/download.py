@@ -36,8 +36,8 @@ from pathlib import Path, PurePosixPath
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers, tqdm
 
-from glipcli.bench.layout import _official_base, default_data_root
-from glipcli.bench.registry import OdinwDataset, find_datasets, name_key, odinw_suite
+from glipcli.data.odinw.layout import _official_base, default_data_root
+from glipcli.data.odinw.registry import OdinwDataset, find_datasets, name_key, odinw_suite
 from glipcli.errors import GlipError
 from glipcli.hub import (HUB_REPO, HUB_REVISION, RemoteFile, format_size, is_dropped_connection, remote_file,
                          require_free_space)

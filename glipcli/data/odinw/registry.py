@@ -32,7 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from glipcli.errors import GlipError
-from glipcli.evaluation.detection import name_key  # noqa: F401  (bench names compare as categories do)
+from glipcli.prompts.prompt_file import name_key  # noqa: F401  (dataset names compare as class names do)
 
 REGISTRY_PATH = Path(__file__).resolve().parents[1] / "assets" / "odinw_registry.json"
 SUITES = ("odinw13", "odinw35")

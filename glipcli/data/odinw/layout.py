@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glipcli.bench.registry import OdinwDataset, name_key
+from glipcli.data.odinw.registry import OdinwDataset, name_key
 from glipcli.errors import GlipError
 
 ROBOFLOW_ANNOTATION_FILE = "_annotations.coco.json"
