@@ -34,7 +34,7 @@ from pathlib import Path
 from glipcli.errors import GlipError
 from glipcli.prompts.prompt_file import name_key  # noqa: F401  (dataset names compare as class names do)
 
-REGISTRY_PATH = Path(__file__).resolve().parents[1] / "assets" / "odinw_registry.json"
+REGISTRY_PATH = Path(__file__).resolve().parents[2] / "assets" / "odinw_registry.json"
 SUITES = ("odinw13", "odinw35")
 PROMPT_VARIANTS = ("plain", "manual")
 OFFICIAL_SHOTS = (1, 3, 5, 10)
