@@ -21,7 +21,7 @@ ODINW13_NAMES = ["AerialMaritimeDrone_large", "Aquarium", "CottontailRabbits", "
 # -- the packaged registry -------------------------------------------------------------------------------
 def test_registry_is_package_data():
     assert reg.REGISTRY_PATH.is_file()
-    assert reg.REGISTRY_PATH.parent == Path(reg.__file__).resolve().parents[1] / "assets"
+    assert reg.REGISTRY_PATH.parent == Path(reg.__file__).resolve().parents[2] / "assets"
 
 
 @pytest.mark.parametrize("suite", ["odinw13", "odinw35"])
