@@ -11,7 +11,7 @@ import typer
 from glipcli.cli.app import app, stderr, stdout
 
 data_app = typer.Typer(name="data", no_args_is_help=True, pretty_exceptions_enable=False,
-                       help="Datasets: download the ODinW benchmark from the Hugging Face hub.")
+                       help="Datasets: download the ODinW benchmark from the hub.")
 download_app = typer.Typer(name="download", no_args_is_help=True, pretty_exceptions_enable=False,
                            help="Download a benchmark's datasets.")
 data_app.add_typer(download_app, name="download")
