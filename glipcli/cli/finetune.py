@@ -9,6 +9,7 @@ import typer
 from glipcli.cli import training_options as opt
 from glipcli.cli.app import app
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 MODES = ("full", "linear-probe")
 
@@ -36,9 +37,9 @@ def finetune(
     epochs: opt.Epochs = None,
     copies: opt.Copies = None,
     batch_size: opt.BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(help="Base learning rate. (default: 1e-4)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.positive, help="Base learning rate. (default: 1e-4)",
                                                 rich_help_panel=opt.SCHEDULE)] = None,
-    language_lr: Annotated[Optional[float], typer.Option(help="Language-backbone learning rate. (default: 1e-5)",
+    language_lr: Annotated[Optional[float], typer.Option(callback=ranges.non_negative, help="Language-backbone learning rate. (default: 1e-5)",
                                                          rich_help_panel=opt.SCHEDULE)] = None,
     weight_decay: opt.WeightDecay = None,
     lr_patience: opt.LrPatience = None,

@@ -65,6 +65,7 @@ from glipcli.data.epoch_batches import EpochBatches
 from glipcli.data.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
                                         with_steps)
 from glipcli.engine import checkpointing as ckpt
+from glipcli.engine.divergence import DivergenceCheck, check_finite
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write
@@ -136,6 +137,8 @@ class PretrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise GlipError(f"{_flag(name)} must be a number >= 0 (got {value!r})")
+        if self.seed is not None and self.seed > 2**32 - 1:
+            raise GlipError(f"--seed must be a whole number from 0 to {2**32 - 1} (got {self.seed})")
         if self.minutes is not None and self.minutes <= 0:
             raise GlipError(f"--minutes must be more than 0 (got {self.minutes})")
         if self.schedule not in SCHEDULES:
@@ -402,6 +405,7 @@ class Pretrainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config.mixed_precision, cpu)
         self.state = PretrainState()
         self._interrupt = GracefulInterrupt(self._say)
+        self._divergence = DivergenceCheck()
         self._at_step_boundary = False
 
     # -- files ---------------------------------------------------------------------------------------
@@ -481,6 +485,7 @@ class Pretrainer:
         from glipcli.checkpoint import save_safetensors
 
         acc = self.accelerator
+        check_finite(self.trainable, "the checkpoint")
         start = time.perf_counter()
         name = f"step-{self.state.global_step:07d}"
         if self.main:
@@ -723,6 +728,9 @@ class Pretrainer:
         acc.backward(total)
         norm = acc.clip_grad_norm_(self.trainable, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         finite = bool(torch.isfinite(torch.as_tensor(norm)).all()) and bool(torch.isfinite(total.detach()))
+        loss_finite = bool(torch.isfinite(total.detach()))  # fp16: the grad scaler's overflow steps are normal
+        self._divergence.step(finite if acc.mixed_precision != "fp16" else loss_finite, self.state.global_step + 1,
+                              float(total.detach()))
         if finite or acc.mixed_precision == "fp16":
             self.optimizer.step()
         else:

@@ -19,8 +19,9 @@ from typing import Any
 
 from glipcli.data.coco import SplitPaths, load_coco, resolve_splits
 from glipcli.engine.train_config import TrainConfig
-from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult
+from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult, check_run_folder, has_checkpoint
 from glipcli.errors import GlipError
+from glipcli.io import read_json
 
 
 @dataclass
@@ -60,13 +61,29 @@ def load_training_data(splits: dict[str, SplitPaths]) -> TrainData:
 
 
 def _read_run(output: Path) -> dict[str, Any]:
+    """The run record, checked for the shape `--resume` relies on (any other is one line)."""
     path = output / RUN_FILE
     if not path.is_file():
         raise GlipError(f"{output}: no training run to resume ({RUN_FILE} is missing)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GlipError(f"{path}: damaged ({exc})") from None
+    run = read_json(path, "run record")
+    shape = {"task": str, "config": dict, "model_config": dict, "data": dict, "source": dict}
+    if not isinstance(run, dict):
+        raise GlipError(f"{path}: damaged run record (not a JSON object)")
+    for key, kind in shape.items():
+        if not isinstance(run.get(key), kind):
+            raise GlipError(f"{path}: damaged run record ({key!r} missing or not a {kind.__name__})")
+    train = run["data"].get("train")
+    if not isinstance(train, dict) or not all(isinstance(train.get(k), str) for k in ("ann", "images")):
+        raise GlipError(f"{path}: damaged run record (no training split)")
+    for split in ("valid", "test"):
+        entry = run["data"].get(split)
+        if entry is not None and not (isinstance(entry, dict)
+                                      and all(isinstance(entry.get(k), str) for k in ("ann", "images"))):
+            raise GlipError(f"{path}: damaged run record (the {split} split)")
+    for key in ("model", "config", "weights", "prompt_file"):
+        if not isinstance(run["source"].get(key), (str, type(None))):
+            raise GlipError(f"{path}: damaged run record (source {key!r})")
+    return run
 
 
 def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
@@ -133,10 +150,16 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
     """Load the data, prompt and model, then train (or resume) as the request says."""
     output = Path(request.output)
     run = None
+    inputs = [request.train_ann, request.val_ann, request.test_ann, request.prompt_file, request.weights,
+              request.config, request.data]
     if request.resume:
         run = _read_run(output)
+        check_run_folder(output, resume=True, inputs=inputs)
         request, config = _resumed_request(request, run)
+        if not has_checkpoint(output):
+            run = None  # stopped before its first checkpoint: the Trainer starts it afresh (and says so)
     else:
+        check_run_folder(output, inputs=inputs)
         config = TrainConfig(task=request.task, **{k: v for k, v in request.options.items() if v is not None})
     splits = resolve_splits(request.data, train_ann=request.train_ann, train_images=request.train_images,
                             val_ann=request.val_ann, val_images=request.val_images,

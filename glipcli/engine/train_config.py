@@ -18,6 +18,7 @@ Probing"; solver defaults of `maskrcnn_benchmark/config/defaults.py`):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ TASKS = ("full", "linear-probe", "prompt")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Settings that may differ when a run is resumed (they do not change what is computed).
 RESUME_FREE = ("num_workers",)
+MAX_SEED = 2**32 - 1  # every generator seeded from it (torch, Python) takes it
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,11 @@ class TrainConfig:
         for name in ("lr", "language_lr", "weight_decay", "grad_clip", "lr_factor", "min_lr", "bias_lr_factor",
                      "bias_weight_decay"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-                raise GlipError(f"{_flag(name)} must be a number >= 0 (got {value!r})")
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not math.isfinite(value) or value < 0):
+                raise GlipError(f"{_flag(name)} must be a finite number >= 0 (got {value!r})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GlipError(f"--seed must be a whole number from 0 to {MAX_SEED} (got {self.seed})")
 
     def resolved(self) -> "TrainConfig":
         """Every None replaced by its official default."""

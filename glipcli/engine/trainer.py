@@ -58,6 +58,7 @@ from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
 from glipcli.engine import checkpointing as ckpt
+from glipcli.engine.divergence import DivergenceCheck, check_finite
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.evaluate import EvalResult, evaluate
 from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, model_identity
@@ -76,6 +77,23 @@ LOG_FILE = "log.jsonl"
 PROMPT_FILE = "prompt.yaml"
 BEST_MODEL = "model_best.safetensors"
 BEST_ADAPTER = "adapter_best.safetensors"
+
+
+RUN_FOLDER_FILES = (RUN_FILE, PROMPT_FILE, LOG_FILE, METRICS_FILE, BEST_MODEL, BEST_ADAPTER, ckpt.CHECKPOINTS)
+
+
+def check_run_folder(output: str | Path, resume: bool = False, inputs=(), option: str = "--output") -> None:
+    """Check, before anything is loaded, every file a training run writes into `output`
+    (`glipcli.outputs.OutputGuard.run_folder`): without `resume`, none may exist; none may be an
+    input (e.g. `--prompt-file OUTPUT/prompt.yaml`)."""
+    from glipcli.outputs import OutputGuard
+
+    OutputGuard(inputs=inputs).run_folder(output, RUN_FOLDER_FILES, option, resume=resume, what="training run")
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    """Whether a run folder holds a complete checkpoint to resume from."""
+    return ckpt.latest(Path(output)) is not None
 
 
 @dataclass
@@ -167,23 +185,23 @@ class Trainer:
         self.is_prompt = self.config.task == "prompt"
         self._at_step_boundary = False  # the state matches the weights (a checkpoint may be taken)
         self._interrupt = GracefulInterrupt(self._say)
+        self._divergence = DivergenceCheck()
+        self._restarted = False  # --resume of a run that stopped before its first checkpoint
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
+        """The run folder's files are the run's own: a new run refuses a folder holding any of
+        them (a user's own prompt.yaml or log.jsonl included); `--resume` continues from the
+        latest checkpoint, or starts afresh, saying so, a run stopped before its first one."""
         out = self.output_dir
-        if self.resume:
-            if ckpt.latest(out) is None:
-                raise GlipError(f"{out}: no checkpoint to resume (checkpoints/{ckpt.LATEST} is missing)")
-            return
-        if out.exists() and not out.is_dir():
-            raise GlipError(f"{out}: exists and is not a folder")
-        taken = [name for name in (RUN_FILE, METRICS_FILE, ckpt.CHECKPOINTS, BEST_MODEL, BEST_ADAPTER)
-                 if (out / name).exists()]
-        if taken:
-            raise GlipError(f"{out}: already holds a training run ({taken[0]}); pass --resume to continue it "
-                            "or choose another --output")
+        if self.resume and ckpt.latest(out) is None:
+            if not (out / RUN_FILE).is_file():
+                raise GlipError(f"{out}: no training run to resume ({RUN_FILE} is missing)")
+            self.resume = False
+            self._restarted = True
+        check_run_folder(out, resume=self.resume or self._restarted)
 
-    def _log(self, event: str, **fields: Any) -> None:
+    def _log(self, event    def _log(self, event: str, **fields: Any) -> None:
         if not self.accelerator.is_main_process:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
@@ -284,6 +302,7 @@ class Trainer:
     def _save_best(self) -> None:
         if not self.accelerator.is_main_process:
             return
+        check_finite(self.trainable, "the best model")
         if self.is_prompt:
             self._adapter().save(self.output_dir / BEST_ADAPTER)
         else:
@@ -313,6 +332,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
+        check_finite(self.trainable, "the checkpoint")
         name = ckpt.checkpoint_name(self.state.epoch, self.state.step)
         if acc.is_main_process:
             tmp = ckpt.prepare_temporary(self.output_dir, name)
@@ -395,6 +415,9 @@ class Trainer:
             self._log("resume", epoch=self.state.epoch, step=self.state.step, global_step=self.state.global_step)
             self._say(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
         else:
+            if self._restarted:
+                self._say(f"note: {self.output_dir} holds no checkpoint yet (the run stopped before its first one): "
+                          "starting it afresh with its own settings")
             self._start_files()
         self._interrupt.install(self.accelerator.num_processes)
         try:
@@ -496,6 +519,9 @@ class Trainer:
         else:
             norm = torch.tensor(0.0)
         finite = bool(torch.isfinite(torch.as_tensor(norm)).all()) and bool(torch.isfinite(total.detach()))
+        loss_finite = bool(torch.isfinite(total.detach()))  # fp16: the grad scaler's overflow steps are normal
+        self._divergence.step(finite if acc.mixed_precision != "fp16" else loss_finite, self.state.global_step + 1,
+                              float(total.detach()))
         if finite or acc.mixed_precision == "fp16":  # fp16: the grad scaler skips bad steps itself
             self.optimizer.step()
         else:
