@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from glipcli.config import GLIPConfig
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.io import atomic_write
 from glipcli.modeling.anchors import cell_anchor
 
@@ -226,6 +226,10 @@ def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise GlipError(f"{path}: not a GLIP checkpoint (no state dict inside)")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise GlipError(f"{path}: not a GLIP checkpoint (a tensor is stored under the non-text key "
+                        f"{excerpt(odd[0])})")
     if not state:
         raise GlipError(f"{path}: not a GLIP checkpoint (no tensors inside)")
     return state

@@ -122,15 +122,13 @@ class OutputGuard:
                                 "choose another folder")
             if real in self._outputs:
                 raise GlipError(f"{option} {folder}: {name} is also the output of {self._outputs[real]}")
-            if real.is_dir():
+            if real.exists():
+                if not real.is_dir():
+                    refuse_special_target(target)
                 if not (resume or self.overwrite):
-                    raise GlipError(f"{option} {folder}: already holds {name}/ (pass --resume to continue the "
-                                    f"{what}, or choose another folder)")
-            elif real.exists():
-                refuse_special_target(target)
-                if not (resume or self.overwrite):
-                    raise GlipError(f"{option} {folder}: already holds {name} (a {what}'s or your own file); "
-                                    f"pass --resume to continue the {what}, or choose another folder")
+                    shown = f"{name}/" if real.is_dir() else name
+                    raise GlipError(f"{folder}: already holds a {what} ({shown}, or a file of yours by that name); "
+                                    f"pass --resume to continue it, or choose another {option}")
             self._outputs[real] = option
         return folder
 

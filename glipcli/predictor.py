@@ -27,7 +27,7 @@ from glipcli.config import GLIPConfig, get_preset
 from glipcli.data.batching import ImageFailure, ImageInput, PreparedImage, iter_batches
 from glipcli.data.transforms import batch_images
 from glipcli.device import autocast, resolve_device, resolve_dtype
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, clip
 from glipcli.grounding import GroundedPhrase, GroundingResult, PhraseSpec, grounding_phrases, top_boxes_per_phrase
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
@@ -78,14 +78,17 @@ def build_model(config: GLIPConfig | str) -> GLIP:
     return GLIP(cfg)
 
 
-def config_from_checkpoint_metadata(metadata: dict[str, str]) -> GLIPConfig | None:
-    """The config stored in one of our safetensors files, if any."""
+def config_from_checkpoint_metadata(metadata: dict[str, str], source: str = "checkpoint") -> GLIPConfig | None:
+    """The config stored in one of our safetensors files, if any; damaged config metadata (not
+    JSON, nested or sized beyond reason, missing or unknown fields, wrong types) is one line
+    naming `source`."""
     if metadata.get("format") != FORMAT_TAG or "config" not in metadata:
         return None
     from glipcli.config import (AnchorConfig, FPNConfig, HeadConfig, InputConfig, LanguageConfig,
                                 LossConfig, PostProcessConfig, SwinConfig)
+    from glipcli.io import parse_json
 
-    raw = json.loads(metadata["config"])
+    raw = parse_json(metadata["config"], f"{source}: config metadata", max_size=1_000_000)
     parts = {"swin": SwinConfig, "fpn": FPNConfig, "language": LanguageConfig, "head": HeadConfig,
              "anchors": AnchorConfig, "postprocess": PostProcessConfig, "input": InputConfig,
              "loss": LossConfig}
@@ -93,7 +96,11 @@ def config_from_checkpoint_metadata(metadata: dict[str, str]) -> GLIPConfig | No
     def build(cls, values):
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-    return GLIPConfig(name=raw["name"], **{k: build(cls, raw[k]) for k, cls in parts.items()})
+    try:
+        return GLIPConfig(name=str(raw["name"]), **{k: build(cls, raw[k]) for k, cls in parts.items()})
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else clip(exc, 120)
+        raise GlipError(f"{source}: damaged config metadata ({detail})") from None
 
 
 def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:

@@ -19,6 +19,7 @@ import torch
 from glipcli.checkpoint import build_empty, is_official_state_dict, load_state_dict_checked, read_state_dict
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.errors import GlipError
+from glipcli.checkpoint_fit import check_fits
 from glipcli.hub import download_weights, is_packaged, is_preset, packaged_weights
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
     the preset whose distinctive shapes it has (Swin width, fusion layers, head depth)."""
     from glipcli.predictor import config_from_checkpoint_metadata
 
-    cfg = config_from_checkpoint_metadata(metadata)
+    cfg = config_from_checkpoint_metadata(metadata, source)
     if cfg is not None:
         return cfg
     official = is_official_state_dict(state)
@@ -122,6 +123,7 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
 def load_model(source: ModelSource) -> GLIP:
     """Build the `GLIP` of `source` and load its weights (read once, checked by name and shape)."""
     from glipcli.modeling.glip import GLIP
+    from glipcli.predictor import config_from_checkpoint_metadata
 
     if source.weights is None:
         if source.config is None:
@@ -130,6 +132,9 @@ def load_model(source: ModelSource) -> GLIP:
     state, metadata = read_state_dict(source.weights)
     cfg = source.config or infer_config(state, metadata, source=str(source.weights))
     own_layout = any(k.startswith(("backbone.swin.", "head.layers.")) for k in state)
+    if source.config is None and config_from_checkpoint_metadata(metadata) is not None:
+        # The architecture is the file's own claim: hold it against the tensors before building anything.
+        check_fits(cfg, state, str(source.weights), optional_prefixes=("language.",))
     if own_layout and not any(k.startswith("language.") for k in state):
         return _load_without_text_encoder(cfg, state, str(source.weights))
     # Built without allocating or initialising parameters; the checkpoint's (memory-mapped)

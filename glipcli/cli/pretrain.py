@@ -102,14 +102,18 @@ def pretrain(
     """
     import torch
 
-    from glipcli.engine.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
+    from glipcli.engine.pretrain import (PretrainConfig, Pretrainer, check_pretrain_folder, export_weights,
+                                         has_checkpoint, read_run)
 
     if threads is not None:
         torch.set_num_threads(threads)
+    if resume:
+        run = read_run(output)
+    check_pretrain_folder(output, resume=resume, inputs=[data, init, export])
     if export is not None:
-        from glipcli.io import check_writable
+        from glipcli.outputs import OutputGuard
 
-        check_writable(export, overwrite)
+        OutputGuard(overwrite=overwrite, inputs=[data, init]).file(export, "--export")
     given: dict[str, Any] = dict(
         seed=seed, steps=steps, epochs=epochs, minutes=minutes, schedule_steps=schedule_steps,
         batch_size=batch_size, lr=lr,
@@ -119,7 +123,6 @@ def pretrain(
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
-        run = read_run(output)
         stored = PretrainConfig.from_dict(run["config"])
         from glipcli.engine.pretrain import RESUME_FREE
 
@@ -128,10 +131,20 @@ def pretrain(
                 raise GlipError(f"--resume: the run was started with --{key.replace('_', '-')} {getattr(stored, key)}, "
                                 f"not {value} (a resumed run continues with its own settings)")
         config = dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUME_FREE})
-        source = _resumed_source(run, data, world_images)
+        try:
+            source = _resumed_source(run, data, world_images)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GlipError(f"{output}/run.json: damaged run record (source: {type(exc).__name__} {exc})") from None
         if preset is not None or init is not None:
             raise GlipError("--resume takes the model from the run's checkpoint: leave out --preset and --init")
-        model, text_encoder = _resumed_model(run), run.get("text_encoder")
+        if has_checkpoint(output):
+            model, text_encoder = _resumed_model(run), run.get("text_encoder")
+        else:  # stopped before its first checkpoint: the Pretrainer starts it afresh (and says so)
+            from glipcli.engine.pretrain import build_pretrain_model
+
+            started = run.get("model") or {}
+            model, text_encoder = build_pretrain_model(started.get("preset") or "nano", init=started.get("init"),
+                                                       seed=config.seed)
         run_info = {key: run[key] for key in ("model",) if key in run}
     else:
         config = PretrainConfig(**given)
@@ -197,5 +210,6 @@ def _resumed_model(run: dict):
     from glipcli.modeling.glip import GLIP
     from glipcli.predictor import config_from_checkpoint_metadata
 
-    cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
+    cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run.get("model_config"))},
+                                          source="the run's run.json")
     return GLIP(cfg)

@@ -76,6 +76,7 @@ from glipcli.modeling.language import TextFeatures
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 FINAL_MODEL = "model.safetensors"
+RUN_FOLDER_FILES = (RUN_FILE, LOG_FILE, FINAL_MODEL, ckpt.CHECKPOINTS)
 SCHEDULES = ("cosine", "step")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 STEP_MILESTONES = (0.67, 0.89)  # official GLIP pre-training SOLVER.STEPS, as fractions of the run
@@ -406,6 +407,7 @@ class Pretrainer:
         self.state = PretrainState()
         self._interrupt = GracefulInterrupt(self._say)
         self._divergence = DivergenceCheck()
+        self._restarted = False  # --resume of a run that stopped before its first checkpoint
         self._at_step_boundary = False
 
     # -- files ---------------------------------------------------------------------------------------
@@ -425,17 +427,16 @@ class Pretrainer:
             self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def _check_output_dir(self) -> None:
+        """As the fine-tuning runs (`glipcli.engine.trainer.check_run_folder`): a new run refuses a
+        folder holding any file it writes; `--resume` of a run stopped before its first checkpoint
+        starts it afresh, saying so."""
         out = self.output_dir
-        if self.resume:
-            if ckpt.latest(out) is None:
-                raise GlipError(f"{out}: no checkpoint to resume (checkpoints/{ckpt.LATEST} is missing)")
-            return
-        if out.exists() and not out.is_dir():
-            raise GlipError(f"{out}: exists and is not a folder")
-        taken = [n for n in (RUN_FILE, ckpt.CHECKPOINTS, FINAL_MODEL) if (out / n).exists()]
-        if taken:
-            raise GlipError(f"{out}: already holds a pre-training run ({taken[0]}); pass --resume to continue "
-                            "it or choose another --output")
+        if self.resume and ckpt.latest(out) is None:
+            if not (out / RUN_FILE).is_file():
+                raise GlipError(f"{out}: no pre-training run to resume ({RUN_FILE} is missing)")
+            self.resume = False
+            self._restarted = True
+        check_pretrain_folder(out, resume=self.resume or self._restarted)
 
     def run_record(self) -> dict[str, Any]:
         from glipcli.checkpoint import config_to_json
@@ -552,6 +553,9 @@ class Pretrainer:
             self._log("resume", global_step=self.state.global_step, train_seconds=self.state.train_seconds)
             self._say(f"resuming at step {self.state.global_step}")
         else:
+            if self._restarted:
+                self._say(f"note: {self.output_dir} holds no checkpoint yet (the run stopped before its first one): "
+                          "starting it afresh with its own settings")
             self._start_files()
         self._session_start = self.clock()
         self._session_seconds_before = self.state.train_seconds
@@ -831,15 +835,30 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def check_pretrain_folder(output: str | Path, resume: bool = False, inputs=()) -> None:
+    """Check every file a pre-training run writes into `output`, before anything is loaded
+    (`glipcli.outputs.OutputGuard.run_folder`)."""
+    from glipcli.outputs import OutputGuard
+
+    OutputGuard(inputs=inputs).run_folder(output, RUN_FOLDER_FILES, "--output", resume=resume,
+                                          what="pre-training run")
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    return ckpt.latest(Path(output)) is not None
+
+
 def read_run(output: Path) -> dict[str, Any]:
+    """The run record of a pre-training run, checked for the shape `--resume` relies on."""
+    from glipcli.io import read_json
+
     path = Path(output) / RUN_FILE
     if not path.is_file():
         raise GlipError(f"{output}: no pre-training run to resume ({RUN_FILE} is missing)")
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GlipError(f"{path}: damaged ({exc})") from None
-    if run.get("kind") != "glip-pretrain":
+    run = read_json(path, "run record")
+    if not isinstance(run, dict) or run.get("kind") != "glip-pretrain":
         raise GlipError(f"{path}: not a glip pre-training run")
+    for key in ("config", "model_config", "source"):
+        if not isinstance(run.get(key), dict):
+            raise GlipError(f"{path}: damaged run record ({key!r} missing or not an object)")
     return run
-

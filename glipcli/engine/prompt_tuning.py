@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from glipcli.checkpoint import config_to_json
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.io import atomic_write
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
@@ -121,12 +121,12 @@ class PromptAdapter:
         """GlipError unless `prompt` is the exact caption (and tokens) the adapter was tuned for."""
         caption = prompt if isinstance(prompt, str) else prompt.caption
         if caption != self.caption:
-            raise GlipError(f"{source} was tuned for the prompt {self.caption!r} and cannot be used with "
-                            f"{caption!r} (its offsets belong to the token positions of that exact caption)")
+            raise GlipError(f"{source} was tuned for the prompt {excerpt(self.caption)} and cannot be used with "
+                            f"{excerpt(caption)} (its offsets belong to the token positions of that exact caption)")
         if not isinstance(prompt, str):
             ids = prompt.input_ids[0, :prompt.num_tokens].tolist()
             if ids != self.input_ids:
-                raise GlipError(f"{source}: the prompt {caption!r} tokenizes differently than when the adapter "
+                raise GlipError(f"{source}: the prompt {excerpt(caption)} tokenizes differently than when the adapter "
                                 "was tuned (a different tokenizer vocabulary?)")
 
     def check_model(self, model: GLIP, source: str = "the adapter") -> None:
@@ -136,8 +136,8 @@ class PromptAdapter:
             raise GlipError(f"{source} has {self.offset.shape[1]}-wide offsets; the model's language width is {width}")
         mine = model_identity(model)
         if mine["config_sha256"] != self.base.get("config_sha256"):
-            raise GlipError(f"{source} was tuned on a {self.base.get('config_name')!r} model with another "
-                            f"architecture than this {mine['config_name']!r} model")
+            raise GlipError(f"{source} was tuned on a {excerpt(self.base.get('config_name'))} model with another "
+                            f"architecture than this {excerpt(mine['config_name'])} model")
         if mine["weights_sha256"] != self.base.get("weights_sha256"):
             raise GlipError(f"{source} was tuned on other weights than this model's (weights hash "
                             f"{self.base.get('weights_sha256', '?')[:12]}, this model {mine['weights_sha256'][:12]})")
@@ -163,7 +163,7 @@ class PromptAdapter:
             for row, mask in zip(input_ids, attention_mask):
                 real = row[: int(mask.sum())].tolist()
                 if real != expected:
-                    raise GlipError(f"{source} was tuned for the prompt {self.caption!r}; it cannot be used "
+                    raise GlipError(f"{source} was tuned for the prompt {excerpt(self.caption)}; it cannot be used "
                                     "with another prompt (its offsets belong to that caption's token positions)")
             return self.apply(output)
 
@@ -212,7 +212,7 @@ def load_adapter(path: str | Path) -> PromptAdapter:
     if metadata.get("format") != ADAPTER_FORMAT or offset is None:
         raise GlipError(f"{path}: not a glip prompt adapter (written by `glip prompt-tune`)")
     if metadata.get("version") != ADAPTER_VERSION:
-        raise GlipError(f"{path}: adapter format version {metadata.get('version')!r} is not supported "
+        raise GlipError(f"{path}: adapter format version {excerpt(metadata.get('version'))} is not supported "
                         f"(this glip reads version {ADAPTER_VERSION})")
     if offset.dim() != 2:
         raise GlipError(f"{path}: the offset must be [positions, width], got {tuple(offset.shape)}")

@@ -20,7 +20,7 @@ from typing import Any
 from glipcli.data.coco import SplitPaths, load_coco, resolve_splits
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult, check_run_folder, has_checkpoint
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, clip, excerpt
 from glipcli.io import read_json
 
 
@@ -71,7 +71,7 @@ def _read_run(output: Path) -> dict[str, Any]:
         raise GlipError(f"{path}: damaged run record (not a JSON object)")
     for key, kind in shape.items():
         if not isinstance(run.get(key), kind):
-            raise GlipError(f"{path}: damaged run record ({key!r} missing or not a {kind.__name__})")
+            raise GlipError(f"{path}: damaged run record ({excerpt(key)} missing or not a {kind.__name__})")
     train = run["data"].get("train")
     if not isinstance(train, dict) or not all(isinstance(train.get(k), str) for k in ("ann", "images")):
         raise GlipError(f"{path}: damaged run record (no training split)")
@@ -82,7 +82,7 @@ def _read_run(output: Path) -> dict[str, Any]:
             raise GlipError(f"{path}: damaged run record (the {split} split)")
     for key in ("model", "config", "weights", "prompt_file"):
         if not isinstance(run["source"].get(key), (str, type(None))):
-            raise GlipError(f"{path}: damaged run record (source {key!r})")
+            raise GlipError(f"{path}: damaged run record (source {excerpt(key)})")
     return run
 
 
@@ -94,7 +94,7 @@ def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
 
 def _resumed_request(request: RunRequest, run: dict[str, Any]) -> tuple[RunRequest, TrainConfig]:
     if run.get("task") != request.task:
-        raise GlipError(f"--resume: {request.output} holds a {run.get('task')!r} run, not {request.task!r}")
+        raise GlipError(f"--resume: {request.output} holds a {excerpt(run.get('task'))} run, not {excerpt(request.task)}")
     stored = TrainConfig.from_dict(run["config"])
     for key, value in request.options.items():
         if value is not None and getattr(stored, key) != value and key != "num_workers":
@@ -139,7 +139,8 @@ def _build_model(request: RunRequest, run: dict[str, Any] | None):
     from glipcli.checkpoint import FORMAT_TAG
 
     if run is not None and request.task != "prompt":
-        cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])})
+        cfg = config_from_checkpoint_metadata({"format": FORMAT_TAG, "config": json.dumps(run["model_config"])},
+                                              source=f"{request.output}/{RUN_FILE}")
         return GLIP(cfg)
     from glipcli.weights import load_model, resolve_model_source
 
@@ -155,7 +156,10 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
     if request.resume:
         run = _read_run(output)
         check_run_folder(output, resume=True, inputs=inputs)
-        request, config = _resumed_request(request, run)
+        try:
+            request, config = _resumed_request(request, run)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GlipError(f"{output / RUN_FILE}: damaged run record ({type(exc).__name__}: {clip(exc, 120)})") from None
         if not has_checkpoint(output):
             run = None  # stopped before its first checkpoint: the Trainer starts it afresh (and says so)
     else:

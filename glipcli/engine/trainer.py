@@ -65,7 +65,7 @@ from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_off
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.io import atomic_write
 from glipcli.losses import GLIPLoss
 from glipcli.modeling.glip import GLIP, GLIPOutputs
@@ -201,7 +201,7 @@ class Trainer:
             self._restarted = True
         check_run_folder(out, resume=self.resume or self._restarted)
 
-    def _log(self, event    def _log(self, event: str, **fields: Any) -> None:
+    def _log(self, event: str, **fields: Any) -> None:
         if not self.accelerator.is_main_process:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
@@ -376,8 +376,8 @@ class Trainer:
             raise GlipError(f"--resume: the run used {saved.get('processes')} processes, this one {acc.num_processes} "
                             "(the batch order depends on it)")
         if saved.get("caption") != self.prompt.caption:
-            raise GlipError(f"--resume: the run was trained with the caption {saved.get('caption')!r}, "
-                            f"not {self.prompt.caption!r} (different classes or prompt file)")
+            raise GlipError(f"--resume: the run was trained with the caption {excerpt(saved.get('caption'))}, "
+                            f"not {excerpt(self.prompt.caption)} (different classes or prompt file)")
         if saved.get("train_images") != len(self.train_indices):
             raise GlipError("--resume: the training data differ from the run's "
                             f"({saved.get('train_images')} training images then, {len(self.train_indices)} now)")
