@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import stat
@@ -133,6 +134,11 @@ def json_text(data: Any, source: str | Path, **dumps_options: Any) -> str:
             raise
         raise GlipError(f"{source}: not written: a value is not a finite number (NaN or infinity); the model "
                         "produced non-finite scores (damaged or diverged weights?)") from None
+
+
+def finite_or_null(record: dict[str, Any]) -> dict[str, Any]:
+    """`record` with its non-finite float values (a diverging loss in a log line) as None."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 def write_json(path: str | Path, data: Any, overwrite: bool = False) -> Path:

@@ -42,7 +42,7 @@ from typing import Any
 
 from glipcli.bench.model import BenchModel, default_output, say, shows_progress
 from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.io import atomic_write, json_text
 
 SETS = ("unseen-combos", "novel-shape", "seen-shapes")
 WORDINGS = ("plain", "synonym", "descriptive")
@@ -192,7 +192,7 @@ class _Bench:
         start = time.perf_counter()
         result = compute()
         result["seconds"] = round(time.perf_counter() - start, 2)
-        text = json.dumps(result, indent=2) + "\n"
+        text = json_text(result, path, indent=2) + "\n"
         atomic_write(path, lambda p: p.write_text(text))
         return result
 
@@ -254,7 +254,11 @@ class _Bench:
 
 
 def _check_run(out: Path, identity: dict[str, Any]) -> None:
+    from glipcli.outputs import OutputGuard
+
     path = out / RUN_FILE
+    OutputGuard().run_folder(out, (RUN_FILE, CELLS_DIR, "results.json", "results.md"), "--output",
+                             resume=path.is_file(), what="benchmark run")
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -373,8 +377,8 @@ def rich_table(report: SyntheticReport):
 
 def write_results(out: Path, report: SyntheticReport) -> list[Path]:
     data = {"model": report.model, "rows": [asdict(r) for r in report.rows], "cells": report.cells}
-    text = json.dumps(data, indent=2) + "\n"
     json_path, md_path = out / "results.json", out / "results.md"
+    text = json_text(data, json_path, indent=2) + "\n"
     atomic_write(json_path, lambda p: p.write_text(text))
     md = markdown(report)
     atomic_write(md_path, lambda p: p.write_text(md))

@@ -67,8 +67,8 @@ from glipcli.data.pretrain_data import (PretrainBatch, PretrainCollate, Pretrain
 from glipcli.engine import checkpointing as ckpt
 from glipcli.engine.divergence import DivergenceCheck, check_finite
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip
+from glipcli.io import atomic_write, finite_or_null, json_text
 from glipcli.losses import GLIPLoss, TrainTarget
 from glipcli.modeling.glip import GLIP, GLIPOutputs
 from glipcli.modeling.language import TextFeatures
@@ -420,7 +420,7 @@ class Pretrainer:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
         with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json_text(finite_or_null(record), self.output_dir / LOG_FILE, default=_json_default) + "\n")
 
     def _say(self, text: str) -> None:
         if self.main:
@@ -546,7 +546,11 @@ class Pretrainer:
         torch.manual_seed(self.config.seed + acc.process_index)
         self._setup()
         if self.resume:
-            self._load_checkpoint()
+            try:
+                self._load_checkpoint()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a state of another shape
+                raise GlipError(f"{ckpt.latest(self.output_dir)}: damaged checkpoint ({type(exc).__name__}: "
+                                f"{clip(exc, 120)}); delete checkpoints/ to start the run afresh") from None
             if self.state.finished:
                 self._say(f"{self.output_dir}: pre-training has finished ({self.state.stop_reason}); nothing to resume")
                 return self._result()
@@ -581,7 +585,7 @@ class Pretrainer:
     def _start_files(self) -> None:
         if not self.main:
             return
-        text = json.dumps(self.run_record(), indent=2, default=_json_default) + "\n"
+        text = json_text(self.run_record(), self.output_dir / RUN_FILE, indent=2, default=_json_default) + "\n"
         atomic_write(self.output_dir / RUN_FILE, lambda p: p.write_text(text))
         cfg = self.config
         trainable = sum(p.numel() for p in self.trainable)

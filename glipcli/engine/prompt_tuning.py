@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from glipcli.checkpoint import config_to_json
-from glipcli.errors import GlipError, excerpt
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip, excerpt
+from glipcli.io import atomic_write, parse_json
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.prompts.caption import Phrase
@@ -216,16 +216,19 @@ def load_adapter(path: str | Path) -> PromptAdapter:
                         f"(this glip reads version {ADAPTER_VERSION})")
     if offset.dim() != 2:
         raise GlipError(f"{path}: the offset must be [positions, width], got {tuple(offset.shape)}")
+    def field(key: str, default: str | None = None):
+        return parse_json(metadata[key] if default is None else metadata.get(key, default), f"{path}: {key}")
+
     try:
-        phrases = [Phrase(str(t), int(s), int(e)) for t, s, e in json.loads(metadata["phrases"])]
+        phrases = [Phrase(str(t), int(s), int(e)) for t, s, e in field("phrases")]
         return PromptAdapter(
-            offset=offset.float(), caption=metadata["caption"],
-            input_ids=[int(i) for i in json.loads(metadata["input_ids"])],
-            phrases=phrases, class_names=[str(n) for n in json.loads(metadata["class_names"])],
-            base=dict(json.loads(metadata["base_model"])), prompt_yaml=metadata.get("prompt_yaml", ""),
-            extra=dict(json.loads(metadata.get("extra", "{}"))))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise GlipError(f"{path}: damaged adapter metadata ({exc})") from None
+            offset=offset.float(), caption=str(metadata["caption"]),
+            input_ids=[int(i) for i in field("input_ids")],
+            phrases=phrases, class_names=[str(n) for n in field("class_names")],
+            base=dict(field("base_model")), prompt_yaml=metadata.get("prompt_yaml", ""),
+            extra=dict(field("extra", "{}")))
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        raise GlipError(f"{path}: damaged adapter metadata ({type(exc).__name__}: {clip(exc, 120)})") from None
 
 
 def adapter_offset_bytes(positions: int, width: int) -> int:

@@ -65,8 +65,8 @@ from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_off
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
-from glipcli.errors import GlipError, excerpt
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip, excerpt
+from glipcli.io import atomic_write, finite_or_null, json_text
 from glipcli.losses import GLIPLoss
 from glipcli.modeling.glip import GLIP, GLIPOutputs
 from glipcli.prompts.prompt_file import PromptSpec
@@ -206,7 +206,7 @@ class Trainer:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
         with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json_text(finite_or_null(record), self.output_dir / LOG_FILE, default=_json_default) + "\n")
 
     def _say(self, text: str) -> None:
         if self.accelerator.is_main_process:
@@ -326,7 +326,7 @@ class Trainer:
             "test": None if test is None else test.to_dict(),
         }
         if self.accelerator.is_main_process:
-            text = json.dumps(metrics, indent=2, default=_json_default) + "\n"
+            text = json_text(metrics, self.output_dir / METRICS_FILE, indent=2, default=_json_default) + "\n"
             atomic_write(self.output_dir / METRICS_FILE, lambda p: p.write_text(text))
         return metrics
 
@@ -409,7 +409,11 @@ class Trainer:
         torch.manual_seed(self.config.seed + acc.process_index)
         self._setup()
         if self.resume:
-            self._load_checkpoint()
+            try:
+                self._load_checkpoint()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a state of another shape
+                raise GlipError(f"{ckpt.latest(self.output_dir)}: damaged checkpoint ({type(exc).__name__}: "
+                                f"{clip(exc, 120)}); delete checkpoints/ to start the run afresh") from None
             if self.state.finished:
                 raise GlipError(f"{self.output_dir}: this run has finished (see {METRICS_FILE}); nothing to resume")
             self._log("resume", epoch=self.state.epoch, step=self.state.step, global_step=self.state.global_step)
@@ -439,7 +443,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         record = self._run_record()
-        text = json.dumps(record, indent=2, default=_json_default) + "\n"
+        text = json_text(record, self.output_dir / RUN_FILE, indent=2, default=_json_default) + "\n"
         atomic_write(self.output_dir / RUN_FILE, lambda p: p.write_text(text))
         header = (f"The caption glip {self.config.task} trained with. Detect with it:\n"
                   f"  glip detect IMAGES --prompt-file {PROMPT_FILE} --weights ...")
