@@ -84,6 +84,7 @@ def dataset_prompt_spec(classes: Sequence[str], spec: PromptSpec | None = None) 
 def build_training_prompt(classes: Sequence[str], max_query_len: int, spec: PromptSpec | None = None
                           ) -> TrainingPrompt:
     spec, spec_labels = dataset_prompt_spec(classes, spec)
+    _refuse_indistinguishable(spec)
     caption = spec.caption()
     encoded = encode_prompt(caption.caption, caption.phrases, max_length=max_query_len)
     if encoded.truncated:
@@ -99,3 +100,16 @@ def build_training_prompt(classes: Sequence[str], max_query_len: int, spec: Prom
     length = encoded.num_tokens
     return TrainingPrompt(spec=spec, encoded=encoded, class_maps=class_maps, phrase_labels=spec_labels,
                           length=length)
+
+
+def _refuse_indistinguishable(spec: PromptSpec) -> None:
+    """Two classes grounded by the same words (categories `rac_coon` and `rac coon` both become
+    "rac coon") would train as one phrase with two labels the model cannot tell apart."""
+    seen: dict[tuple[str, str, str], str] = {}
+    for cls in spec.classes:
+        key = tuple(" ".join((part or "").lower().split()) for part in (cls.prefix, cls.grounded_text, cls.suffix))
+        if key in seen:
+            raise GlipError(f"the classes {excerpt(seen[key])} and {excerpt(cls.name)} are both written "
+                            f"{excerpt(cls.grounded_text.strip())} in the caption: the model could not tell them "
+                            "apart; rename one category, or give each its own text with --prompt-file")
+        seen[key] = cls.name

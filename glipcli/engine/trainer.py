@@ -220,6 +220,7 @@ class Trainer:
         self.prompt: TrainingPrompt = build_training_prompt(train.classes, model_cfg.language.max_query_len,
                                                             self.prompt_spec)
         self.train_indices = few_shot_indices([r.labels for r in train.images], cfg.shots, cfg.seed)
+        self._warn_short_classes(train, cfg.shots)
         self.val_indices = None
         if self.data.val is not None and cfg.val_shots:
             self.val_indices = few_shot_indices([r.labels for r in self.data.val.images], cfg.val_shots, cfg.seed)
@@ -253,6 +254,21 @@ class Trainer:
         device = acc.device
         self.input_ids = self.prompt.input_ids.to(device)
         self.attention_mask = self.prompt.attention_mask.to(device)
+
+    def _warn_short_classes(self, train: CocoDetectionData, shots: int) -> None:
+        """A K-shot request a class cannot meet (fewer than K training images show it) trains on
+        what there is, with a warning naming the classes."""
+        if not shots:
+            return
+        shown = [0] * len(train.classes)
+        for index in self.train_indices:
+            for label in {int(c) for c in train.images[index].labels}:
+                shown[label] += 1
+        short = [f"{excerpt(name)} ({n})" for name, n in zip(train.classes, shown) if n < shots]
+        if short:
+            more = f", ... ({len(short)} classes)" if len(short) > 5 else ""
+            self._say(f"warning: --shots {shots}: fewer than {shots} training images show "
+                      + ", ".join(short[:5]) + more + "; they train on all they have")
 
     # -- files -------------------------------------------------------------------------------------
     def _glip(self) -> GLIP:
