@@ -28,13 +28,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from glipcli.bench.layout import (ROBOFLOW_ANNOTATION_FILE, ROBOFLOW_SPLIT_FOLDERS, Availability, BenchDataset,
                                   MissingDataset, SplitFiles, availability, locate_files, locate_odinw,
                                   roboflow_export_splits)
 from glipcli.bench.registry import PROMPT_VARIANTS, SUITES, OdinwDataset, find_datasets, name_key, odinw_suite
 from glipcli.errors import GlipError, excerpt
+from glipcli.io import read_yaml
 
 SPLIT_NAMES = ("train", "val", "minival", "test")
 SPLIT_ALIASES = {"valid": "val", "validation": "val", "mini_val": "minival"}
@@ -148,14 +148,7 @@ def load_suite_file(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise GlipError(f"{path}: no such suite file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GlipError(f"{path}: cannot read the suite file ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise GlipError(f"{path}: not valid YAML{where}") from None
+    data = read_yaml(path, "suite file")
     return parse_suite(data, path)
 
 

@@ -24,7 +24,6 @@ files, no images, not a single usable box in the split) is a one-line `GlipError
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
