@@ -163,26 +163,51 @@ def check_structure(data: Any, source: str | Path, max_depth: int = MAX_DEPTH,
     """Return `data` (parsed YAML or JSON) after checking that it nests at most `max_depth`
     levels and that, with every shared entry counted each time it is reached (YAML aliases are
     shared, so a 400-byte "billion laughs" file expands to 10^9 values), it holds at most
-    `max_size` values + string characters. The walk stops as soon as a limit is passed, so the
-    check costs at most `max_size` steps whatever the file; a self-referencing structure is
-    refused by the depth limit."""
-    size = 0
-    stack: list[tuple[Any, int]] = [(data, 1)]
+    `max_size` values + string characters; a structure that contains itself is refused.
+
+    Each container is visited once (sizes and heights of shared entries are remembered), so the
+    check costs time in proportion to the parsed file, however large it would be expanded, and
+    never recurses (a 100 000-level nesting is walked, then refused)."""
+    containers = (dict, list, tuple, set)
+    size_of: dict[int, int] = {}
+    height_of: dict[int, int] = {}
+    open_ids: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(data, False)]
+
+    def children(value: Any) -> list[Any]:
+        return [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
+
     while stack:
-        value, depth = stack.pop()
-        size += 1 + (len(value) if isinstance(value, (str, bytes)) else 0)
-        if size > max_size:
-            raise GlipError(f"{source}: too large once expanded (more than {max_size:,} values and characters; "
-                            "YAML aliases repeating a structure?)")
-        if isinstance(value, dict):
-            children = [*value.keys(), *value.values()]
-        elif isinstance(value, (list, tuple, set)):
-            children = list(value)
-        else:
+        value, closing = stack.pop()
+        if not isinstance(value, containers):
             continue
-        if children and depth >= max_depth:
-            raise GlipError(f"{source}: nested more than {max_depth} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        key = id(value)
+        if closing:
+            size, height = 1, 1
+            for child in children(value):
+                if isinstance(child, containers):
+                    size += size_of[id(child)]
+                    height = max(height, 1 + height_of[id(child)])
+                else:
+                    size += 1 + (len(child) if isinstance(child, (str, bytes)) else 0)
+            open_ids.discard(key)
+            size_of[key], height_of[key] = size, height
+            if height > max_depth:
+                raise GlipError(f"{source}: nested more than {max_depth} levels deep")
+            if size > max_size:
+                raise GlipError(f"{source}: too large once expanded (more than {max_size:,} values and "
+                                "characters; YAML aliases repeating a structure?)")
+            continue
+        if key in size_of:
+            continue
+        if key in open_ids:
+            raise GlipError(f"{source}: a structure that contains itself (a YAML alias inside its own anchor)")
+        open_ids.add(key)
+        stack.append((value, True))
+        stack.extend((child, False) for child in children(value)
+                     if isinstance(child, containers) and id(child) not in size_of)
+    if isinstance(data, (str, bytes)) and len(data) > max_size:
+        raise GlipError(f"{source}: too large ({len(data):,} characters)")
     return data
 
 

@@ -71,12 +71,14 @@ def finetune(
 
 
 def _stored_task(output) -> str | None:
-    import json
-
+    """The task recorded in the run folder (None when it cannot be read: `--resume` then reports
+    the damaged record itself)."""
     from glipcli.engine.trainer import RUN_FILE
+    from glipcli.io import read_json
 
     try:
-        task = json.loads((output / RUN_FILE).read_text()).get("task")
-    except (OSError, ValueError):
+        run = read_json(output / RUN_FILE, "run record")
+    except GlipError:
         return None
+    task = run.get("task") if isinstance(run, dict) else None
     return task if task in MODES else None
