@@ -370,7 +370,8 @@ def test_every_numeric_option_is_range_checked():
     (["detect", "a.png", "-p", "x", "--box-threshold", "2"], "--box-threshold must be a number from 0 to 1"),
     (["detect", "a.png", "-p", "x", "--box-threshold", "nan"], "(got nan)"),
     (["ground", "a.png", "x", "--box-threshold", "inf"], "(got inf)"),
-    (["finetune", "--output", "o", "--lr", "inf"], "--lr must be a finite number > 0"),
+    (["finetune", "--output", "o", "--lr", "inf"], "--lr must be a number above 0, at most 10"),
+    (["finetune", "--output", "o", "--lr", "1e38"], "--lr"),
     (["prompt-tune", "--output", "o", "--lr", "nan"], "--lr"),
     (["finetune", "--output", "o", "--weight-decay", "nan"], "--weight-decay"),
     (["finetune", "--output", "o", "--lr", "0"], "--lr"),
@@ -442,15 +443,38 @@ def _finetune(training, out: Path, *extra: str) -> list[str]:
             *RUN_OPTIONS, *extra]
 
 
-def test_a_diverging_run_stops_without_saving_non_finite_weights(training, tmp_path, capsys):
+@pytest.mark.parametrize("fault", ["loss", "weights"])
+def test_a_diverging_run_stops_without_saving_non_finite_weights(training, tmp_path, capsys, monkeypatch, fault):
+    """A loss that stays NaN stops the run after a few steps; weights gone NaN are never saved."""
+    import glipcli.engine.trainer as trainer_module
+
+    if fault == "loss":
+        real = trainer_module.GLIPLoss
+
+        def nan_loss(*args, **kwargs):
+            loss = real(*args, **kwargs)
+            return lambda *a, **k: {key: value * math.nan for key, value in loss(*a, **k).items()}
+
+        monkeypatch.setattr(trainer_module, "GLIPLoss", nan_loss)
+    else:
+        def nan_step(self, closure=None):
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        p.fill_(math.nan)
+
+        monkeypatch.setattr(torch.optim.AdamW, "step", nan_step)
     out = tmp_path / "run"
-    code, _, err = glip(capsys, *_finetune(training, out, "--lr", "1e38"))
-    assert_one_line_error(code, err, "training diverged")
+    code, _, err = glip(capsys, *_finetune(training, out, "--lr", "0.001", "--epochs", "8"))
+    assert code == 2 and "Traceback" not in err, err  # the run's progress lines, then one error line
+    assert err.strip().splitlines()[-1].startswith("error: training diverged"), err
     from safetensors import safe_open
 
     for path in out.rglob("*.safetensors"):
         with safe_open(str(path), framework="pt") as f:
             assert all(bool(torch.isfinite(f.get_tensor(k)).all()) for k in f.keys() if "optim" not in k), path
+    if fault == "weights":
+        assert not (out / "model_best.safetensors").exists()
     for line in (out / "log.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in log.jsonl"))
 

@@ -45,7 +45,7 @@ def pretrain(
         rich_help_panel=LENGTH)] = None,
     batch_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Images per step, over all processes. (default: 8)",
                                                       rich_help_panel=RECIPE)] = None,
-    lr: Annotated[Optional[float], typer.Option(callback=ranges.positive, help="Peak AdamW learning rate. (default: 4e-4)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate, help="Peak AdamW learning rate. (default: 4e-4)",
                                                 rich_help_panel=RECIPE)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(callback=ranges.non_negative, help="AdamW weight decay. (default: 0.05)",
                                                           rich_help_panel=RECIPE)] = None,

@@ -31,7 +31,7 @@ def prompt_tune(
     epochs: opt.Epochs = None,
     copies: opt.Copies = None,
     batch_size: opt.BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(callback=ranges.positive, help="Learning rate of the offset. (default: 0.05)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate, help="Learning rate of the offset. (default: 0.05)",
                                                 rich_help_panel=opt.SCHEDULE)] = None,
     weight_decay: opt.WeightDecay = None,
     lr_patience: opt.LrPatience = None,

@@ -4,7 +4,7 @@ Every `float` or `int` option of every command takes one of these as its `callba
 the command tree and fails on any that does not):
 
     box_threshold: Annotated[float, typer.Option(callback=ranges.fraction)] = 0.3
-    lr: Annotated[Optional[float], typer.Option(callback=ranges.positive)] = None
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate)] = None
     seed: Annotated[Optional[int], typer.Option(callback=ranges.seed)] = None
     epochs: Annotated[Optional[int], typer.Option(callback=ranges.count(1))] = None
 
@@ -71,6 +71,9 @@ def count(low: int = 0, high: int = MAX_COUNT) -> Callable[..., Any]:
 
 
 fraction = finite(0.0, 1.0)  # thresholds and shares
-positive = finite(0.0, low_open=True)  # learning rates, durations
+positive = finite(0.0, low_open=True)  # durations
+# Learning rates: above 10 no optimiser step is meaningful, and near 1e38 AdamW's own arithmetic overflows.
+learning_rate = finite(0.0, 10.0, low_open=True)
+language_learning_rate = finite(0.0, 10.0)  # 0 freezes the text encoder
 non_negative = finite(0.0)  # weight decay
 seed = _number_check(0, MAX_SEED, False, True, f"a whole number from 0 to {MAX_SEED}")

@@ -16,6 +16,7 @@ last. An interruption at any moment leaves the previous checkpoint intact and po
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -113,7 +114,9 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def save_state(path: Path, state: dict[str, Any], optimizer_state: dict) -> None:
     tensors, layout = optimizer_to_tensors(optimizer_state)
-    metadata = {"format": STATE_FORMAT, "state": json_text(state, path), "optimizer": json_text(layout, path)}
+    # Internal state read back only by `load_state` (Python's JSON): the schedules' initial best
+    # values are -inf, which this encoding keeps exactly.
+    metadata = {"format": STATE_FORMAT, "state": json.dumps(state), "optimizer": json.dumps(layout)}
     save_tensors(path, tensors, metadata)
 
 
