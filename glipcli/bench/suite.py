@@ -166,7 +166,7 @@ def _path(value: Any, base: Path, where: str) -> Path:
 def _check_keys(data: Mapping, allowed: Sequence[str], where: str) -> None:
     unknown = [str(k) for k in data if k not in allowed]
     if unknown:
-        raise GlipError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+        raise GlipError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(excerpt, unknown[:5]))} "
                         f"(allowed: {', '.join(allowed)})")
 
 
