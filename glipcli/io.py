@@ -63,7 +63,7 @@ def refuse_special_target(path: Path) -> None:
     """Refuse to write onto anything but a regular file (or a new one): a device, a pipe, a
     folder, or any file under /proc, /sys or /dev (files there are not data)."""
     real = os.path.realpath(path)
-    if any(real == root or real.startswith(root + "/") for root in _SYSTEM_ROOTS):
+    if is_system_path(real):
         raise GlipError(f"{path}: not a regular file ({real} is a system or device file); choose a file path")
     try:
         mode = os.stat(real).st_mode
@@ -73,6 +73,13 @@ def refuse_special_target(path: Path) -> None:
         raise GlipError(f"{path}: is a folder, not a file")
     if not stat.S_ISREG(mode):
         raise GlipError(f"{path}: not a regular file (a device, pipe or socket); choose a file path")
+
+
+def is_system_path(real: str) -> bool:
+    """Whether a resolved path lies under /proc, /sys or /dev (but not /dev/shm, a plain tmpfs)."""
+    if real == "/dev/shm" or real.startswith("/dev/shm/"):
+        return False
+    return any(real == root or real.startswith(root + "/") for root in _SYSTEM_ROOTS)
 
 
 def _umask() -> int:

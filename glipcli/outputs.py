@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from glipcli.errors import GlipError
-from glipcli.io import refuse_special_target
+from glipcli.io import is_system_path, refuse_special_target
 
 
 def resolved(path: str | Path) -> Path:
@@ -101,9 +101,8 @@ class OutputGuard:
             raise GlipError(f"{option} {path}: is also an input of this run; choose another folder")
         if real.exists() and not real.is_dir():
             raise GlipError(f"{option} {path}: exists and is not a folder")
-        for root in ("/proc", "/sys", "/dev"):
-            if str(real) == root or str(real).startswith(root + "/"):
-                raise GlipError(f"{option} {path}: a system folder ({real}); choose another folder")
+        if is_system_path(str(real)):
+            raise GlipError(f"{option} {path}: a system folder ({real}); choose another folder")
         _check_parent(path, real if real.exists() else real.parent, option)
         return path
 
