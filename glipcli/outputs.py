@@ -82,7 +82,10 @@ class OutputGuard:
             other = self._outputs[real]
             raise GlipError(f"{option} {path}{made_from}: the same file as the output of {other}; "
                             "give each output its own file")
-        refuse_special_target(path)
+        try:
+            refuse_special_target(path)
+        except GlipError as exc:
+            raise GlipError(f"{option} {exc}") from None
         allowed = self.overwrite if replace is None else replace
         if real.exists() and not allowed:
             raise GlipError(f"{option} {path}{made_from}: already exists (pass --overwrite to replace it)")
