@@ -83,5 +83,5 @@ def check_fits(cfg: GLIPConfig, state: Mapping[str, torch.Tensor], source: str,
                and not any(p.match(k) for p in _DERIVED_KEYS)]
     if missing:
         more = f", ... ({len(missing)} in all)" if len(missing) > 3 else ""
-        raise GlipError(f"{source}: its declared architecture '{clip(cfg.name, 40)}' has parameters the file lacks: "
-                        + ", ".join(missing[:3]) + more)
+        raise GlipError(f"{source}: checkpoint does not match its declared architecture '{clip(cfg.name, 40)}': "
+                        "missing " + ", ".join(missing[:3]) + more)

@@ -144,7 +144,8 @@ def grounding_phrases(caption: str, phrases: Sequence[PhraseSpec] = (), markup: 
         if isinstance(spec, Phrase):
             phrase = span_phrase(caption, spec.start, spec.end)
             if spec.text and spec.text != phrase.text:
-                raise GlipError(f"phrase {excerpt(spec.text)}: span {spec.start}:{spec.end} holds {excerpt(phrase.text)}")
+                raise GlipError(f"phrase {excerpt(spec.text)}: span {spec.start}:{spec.end} "
+                                f"holds {excerpt(phrase.text)}")
         elif isinstance(spec, tuple):
             phrase = span_phrase(caption, int(spec[0]), int(spec[1]))
         else:

@@ -86,7 +86,8 @@ class Suite:
         for name in names:
             matches = [d for d in self.datasets if name_key(d.name) == name_key(name)]
             if not matches:
-                raise GlipError(f"unknown dataset {excerpt(name)} in suite {self.name}; choose from: {', '.join(self.names)}")
+                raise GlipError(f"unknown dataset {excerpt(name)} in suite {self.name}; "
+                                f"choose from: {', '.join(self.names)}")
             if matches[0] not in chosen:
                 chosen.append(matches[0])  # type: ignore[arg-type]
         return replace(self, datasets=tuple(chosen))

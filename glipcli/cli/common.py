@@ -26,7 +26,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "checkpoint path. Default: glip-t.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml): the architecture.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Checkpoint: official .pth or glip .safetensors.")]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, callback=ranges.count(1), help="Images per forward pass (similar sizes are batched).")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                  help="Images per forward pass (similar sizes are batched).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, else cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast; post-processing in float32).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")]

@@ -28,11 +28,13 @@ def detect(
     prompt_file: Annotated[Optional[Path], typer.Option(
         help="A YAML prompt file (names, grounded texts, prefixes/suffixes, thresholds, suppression).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(
-        callback=ranges.count(1), help="At most this many classes per caption (long lists are split automatically anyway).")] = None,
+        callback=ranges.count(1),
+        help="At most this many classes per caption (long lists are split automatically anyway).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
-    box_threshold: Annotated[float, typer.Option(callback=ranges.fraction, help="Drop detections scoring below this.")] = 0.3,
+    box_threshold: Annotated[float, typer.Option(callback=ranges.fraction,
+                                                 help="Drop detections scoring below this.")] = 0.3,
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -45,7 +47,8 @@ def detect(
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
-    max_rows: Annotated[int, typer.Option(callback=ranges.count(0), help="Detections shown per image on the terminal.")] = 10,
+    max_rows: Annotated[int, typer.Option(callback=ranges.count(0),
+                                          help="Detections shown per image on the terminal.")] = 10,
     adapter: Annotated[Optional[Path], typer.Option(
         help="A prompt-tuning adapter from `glip prompt-tune`; its tuned prompt is used when no "
              "prompt is given, and any other prompt is refused.")] = None,

@@ -24,7 +24,8 @@ def pretrain(
              "detection layout. Default: the synthetic world is rendered on the fly from --seed.",
         rich_help_panel=DATA)] = None,
     world_images: Annotated[Optional[int], typer.Option(
-        callback=ranges.count(1), help="Without --data: scenes in the world's pre-training stream (an epoch). (default: 100000)",
+        callback=ranges.count(1),
+        help="Without --data: scenes in the world's pre-training stream (an epoch). (default: 100000)",
         rich_help_panel=DATA)] = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Architecture to pre-train from scratch, with the packaged all-MiniLM-L6-v2 text encoder. "
@@ -32,39 +33,52 @@ def pretrain(
     init: Annotated[Optional[Path], typer.Option(
         help="Start from these weights instead (a glip .safetensors: its architecture comes with it).",
         rich_help_panel=MODEL)] = None,
-    seed: Annotated[Optional[int], typer.Option(callback=ranges.seed, help="Seed of the initialisation, the world, the sample order and "
+    seed: Annotated[Optional[int], typer.Option(callback=ranges.seed,
+                                                help="Seed of the initialisation, the world, the sample order and "
                                                      "every augmentation. (default: 0)", rich_help_panel=RUN)] = None,
-    steps: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Optimiser steps.", rich_help_panel=LENGTH)] = None,
-    epochs: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Passes over the data.", rich_help_panel=LENGTH)] = None,
+    steps: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                 help="Optimiser steps.", rich_help_panel=LENGTH)] = None,
+    epochs: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                  help="Passes over the data.", rich_help_panel=LENGTH)] = None,
     minutes: Annotated[Optional[float], typer.Option(
-        callback=ranges.positive, help="Wall-clock budget: the run stops cleanly before it and saves. Alone, the schedule's length is set "
+        callback=ranges.positive,
+        help="Wall-clock budget: the run stops cleanly before it and saves. Alone, the schedule's length is set "
              "from the step time measured over the first steps.", rich_help_panel=LENGTH)] = None,
     schedule_steps: Annotated[Optional[int], typer.Option(
-        callback=ranges.count(1), help="Length of the learning-rate schedule in steps when it differs from --steps (replays a "
+        callback=ranges.count(1),
+        help="Length of the learning-rate schedule in steps when it differs from --steps (replays a "
              "budgeted run step for step: its export records '--steps N --schedule-steps H').",
         rich_help_panel=LENGTH)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Images per step, over all processes. (default: 8)",
+    batch_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                      help="Images per step, over all processes. (default: 8)",
                                                       rich_help_panel=RECIPE)] = None,
-    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate, help="Peak AdamW learning rate. (default: 4e-4)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                help="Peak AdamW learning rate. (default: 4e-4)",
                                                 rich_help_panel=RECIPE)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(callback=ranges.non_negative, help="AdamW weight decay. (default: 0.05)",
+    weight_decay: Annotated[Optional[float], typer.Option(callback=ranges.non_negative,
+                                                          help="AdamW weight decay. (default: 0.05)",
                                                           rich_help_panel=RECIPE)] = None,
     schedule: Annotated[Optional[str], typer.Option(
         help="cosine (to 1% of the peak) or step (x0.1 at 67% and 89%, official). (default: cosine)",
         rich_help_panel=RECIPE)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(callback=ranges.count(0), help="Linear warm-up steps. (default: 100)",
+    warmup_steps: Annotated[Optional[int], typer.Option(callback=ranges.count(0),
+                                                        help="Linear warm-up steps. (default: 100)",
                                                         rich_help_panel=RECIPE)] = None,
     grounding_ratio: Annotated[Optional[float], typer.Option(
-        callback=ranges.fraction, help="Share of samples trained with a grounding caption (the others: a detection prompt). (default: 0.5)",
+        callback=ranges.fraction,
+        help="Share of samples trained with a grounding caption (the others: a detection prompt). (default: 0.5)",
         rich_help_panel=RECIPE)] = None,
     max_labels: Annotated[Optional[int], typer.Option(
-        callback=ranges.count(1), help="Category names in a detection prompt at most: the positives plus sampled negatives. (default: 12)",
+        callback=ranges.count(1),
+        help="Category names in a detection prompt at most: the positives plus sampled negatives. (default: 12)",
         rich_help_panel=RECIPE)] = None,
     hard_negatives: Annotated[Optional[float], typer.Option(
-        callback=ranges.fraction, help="Share of the negatives drawn among categories sharing a word with a positive. (default: 0.5)",
+        callback=ranges.fraction,
+        help="Share of the negatives drawn among categories sharing a word with a positive. (default: 0.5)",
         rich_help_panel=RECIPE)] = None,
     attribute_labels: Annotated[Optional[float], typer.Option(
-        callback=ranges.fraction, help="Share of detection prompts naming the boxes by one attribute ('circle. square.' or 'red. blue.') "
+        callback=ranges.fraction,
+        help="Share of detection prompts naming the boxes by one attribute ('circle. square.' or 'red. blue.') "
              "instead of the full name, where the data has such labels (the synthetic world). (default: 0.25)",
         rich_help_panel=RECIPE)] = None,
     augment: Annotated[Optional[bool], typer.Option(
@@ -75,14 +89,18 @@ def pretrain(
                                        "without them (the world never repeats a sample). (default: off)",
         rich_help_panel=RECIPE)] = None,
     checkpoint_minutes: Annotated[Optional[float], typer.Option(
-        callback=ranges.non_negative, help="Minutes between checkpoints (0: only at the end). (default: 10)", rich_help_panel=RUN)] = None,
+        callback=ranges.non_negative,
+        help="Minutes between checkpoints (0: only at the end). (default: 10)", rich_help_panel=RUN)] = None,
     log_every: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Steps per log line. (default: 10)",
                                                      rich_help_panel=RUN)] = None,
     text_cache: Annotated[Optional[int], typer.Option(
-        callback=ranges.count(0), help="Captions whose frozen text features are kept. (default: 1024)", rich_help_panel=RUN)] = None,
-    num_workers: Annotated[Optional[int], typer.Option(callback=ranges.count(0), help="Data-loading worker processes. (default: 0)",
+        callback=ranges.count(0),
+        help="Captions whose frozen text features are kept. (default: 1024)", rich_help_panel=RUN)] = None,
+    num_workers: Annotated[Optional[int], typer.Option(callback=ranges.count(0),
+                                                       help="Data-loading worker processes. (default: 0)",
                                                        rich_help_panel=RUN)] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1), help="CPU threads for torch (default: torch's).",
+    threads: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                          help="CPU threads for torch (default: torch's).",
                                                    rich_help_panel=RUN)] = None,
     mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
                                                            rich_help_panel=RUN)] = None,

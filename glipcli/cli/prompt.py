@@ -21,8 +21,10 @@ def show(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p",
                                                         help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
-    chunk_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="At most this many classes per caption.")] = None,
-    max_tokens: Annotated[int, typer.Option(callback=ranges.count(3), help="The model's token budget ([CLS] and [SEP] included).")] = 256,
+    chunk_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                      help="At most this many classes per caption.")] = None,
+    max_tokens: Annotated[int, typer.Option(callback=ranges.count(3),
+                                            help="The model's token budget ([CLS] and [SEP] included).")] = 256,
 ) -> None:
     """Show each caption the prompt becomes, every phrase's span and wordpieces, and the tokens used."""
     from glipcli.prompts.chunking import plan_chunks

@@ -28,7 +28,8 @@ def _range(text: str, what: str) -> tuple[int, int]:
 def synth_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (train/, valid/, test/, prompts/).",
                                             show_default=False)],
-    seed: Annotated[int, typer.Option(callback=ranges.seed, help="World seed: the same seed and options give the same dataset.")] = 0,
+    seed: Annotated[int, typer.Option(callback=ranges.seed,
+                                      help="World seed: the same seed and options give the same dataset.")] = 0,
     train: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in train/.")] = 1000,
     valid: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in valid/.")] = 100,
     test: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in test/.")] = 100,

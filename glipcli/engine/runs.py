@@ -94,7 +94,8 @@ def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
 
 def _resumed_request(request: RunRequest, run: dict[str, Any]) -> tuple[RunRequest, TrainConfig]:
     if run.get("task") != request.task:
-        raise GlipError(f"--resume: {request.output} holds a {excerpt(run.get('task'))} run, not {excerpt(request.task)}")
+        raise GlipError(f"--resume: {request.output} holds a {excerpt(run.get('task'))} run, "
+                        f"not {excerpt(request.task)}")
     stored = TrainConfig.from_dict(run["config"])
     for key, value in request.options.items():
         if value is not None and getattr(stored, key) != value and key != "num_workers":
@@ -159,7 +160,8 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
         try:
             request, config = _resumed_request(request, run)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise GlipError(f"{output / RUN_FILE}: damaged run record ({type(exc).__name__}: {clip(exc, 120)})") from None
+            raise GlipError(f"{output / RUN_FILE}: damaged run record "
+                            f"({type(exc).__name__}: {clip(exc, 120)})") from None
         if not has_checkpoint(output):
             run = None  # stopped before its first checkpoint: the Trainer starts it afresh (and says so)
     else:

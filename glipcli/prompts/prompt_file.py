@@ -187,7 +187,8 @@ class PromptSpec:
         seen: dict[str, int] = {}
         for i, cls in enumerate(self.classes):
             if cls.name in seen:
-                raise GlipError(f"duplicate class name {excerpt(cls.name)} (classes #{seen[cls.name] + 1} and #{i + 1})")
+                raise GlipError(f"duplicate class name {excerpt(cls.name)} "
+                                f"(classes #{seen[cls.name] + 1} and #{i + 1})")
             seen[cls.name] = i
         if isinstance(self.suppress, (str, bytes)) or not isinstance(self.suppress, Sequence):
             raise GlipError("suppress must be a list of phrases")
@@ -195,7 +196,8 @@ class PromptSpec:
         grounded = {cls.grounded_text for cls in self.classes} | set(seen)
         for j, phrase in enumerate(self.suppress):
             if not isinstance(phrase, str):
-                raise GlipError(f"suppression phrase #{j + 1} must be a string, got {type(phrase).__name__} {excerpt(phrase)}")
+                raise GlipError(f"suppression phrase #{j + 1} must be a string, "
+                                f"got {type(phrase).__name__} {excerpt(phrase)}")
             if not phrase.strip():
                 raise GlipError(f"suppression phrase #{j + 1} is empty or only whitespace")
             if phrase in grounded:
@@ -355,10 +357,12 @@ def _class_from_mapping(entry: Mapping, where: str) -> ClassPrompt:
     for key in ("name", "text", "prefix", "suffix"):
         if key in entry and not isinstance(entry[key], str) and not (key == "text" and entry[key] is None):
             hint = " (quote it)" if _is_number(entry[key]) or isinstance(entry[key], bool) else ""
-            raise GlipError(f"{where}{key} must be a string, got {_type_name(entry[key])} {excerpt(entry[key])}{hint}")
+            raise GlipError(f"{where}{key} must be a string, "
+                            f"got {_type_name(entry[key])} {excerpt(entry[key])}{hint}")
     threshold = entry.get("threshold")
     if threshold is not None and not _is_number(threshold):
-        raise GlipError(f"{where}threshold must be a number in [0, 1], got {_type_name(threshold)} {excerpt(threshold)}")
+        raise GlipError(f"{where}threshold must be a number in [0, 1], "
+                        f"got {_type_name(threshold)} {excerpt(threshold)}")
     kwargs = {f.name: entry[f.name] for f in fields(ClassPrompt) if f.name in entry}
     try:
         return ClassPrompt(**kwargs)
