@@ -501,3 +501,31 @@ def test_k_shot_request_a_class_cannot_meet_is_warned(training, tmp_path, capsys
                                            "--epochs", "1"))
     assert code == 0, err
     assert "warning: --shots 5: fewer than 5 training images show 'red' (2), 'blue' (2)" in err
+
+
+def test_pretrain_resume_restarts_a_run_killed_before_its_first_checkpoint(tmp_path, capsys):
+    from safetensors import safe_open
+
+    from glipcli.checkpoint import save_safetensors
+    from test_pretrain import _tiny_model
+
+    init = tmp_path / "tiny.safetensors"
+    save_safetensors(_tiny_model(), init)
+    assert glip(capsys, "synth-data", tmp_path / "data", "--train", "4", "--valid", "0", "--test", "0", "--size",
+                "112-144", "--objects", "1-3", "-q")[0] == 0
+    straight = tmp_path / "straight"
+    args = ["--data", tmp_path / "data", "--init", init, "--steps", "2", "--batch-size", "2", "--warmup-steps", "1",
+            "--no-progress"]
+    assert glip(capsys, "pretrain", *args, "--output", straight)[0] == 0
+    out = tmp_path / "killed"
+    out.mkdir()
+    for name in ("run.json", "log.jsonl"):  # what exists before the first checkpoint
+        (out / name).write_bytes((straight / name).read_bytes())
+    code, _, err = glip(capsys, "pretrain", *args, "--output", out)
+    assert_one_line_error(code, err, "already holds a pre-training run", "--resume")
+    code, _, err = glip(capsys, "pretrain", "--output", out, "--resume", "--no-progress")
+    assert code == 0, err
+    assert "holds no checkpoint yet" in err and "starting it afresh" in err
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f, \
+            safe_open(str(straight / "model.safetensors"), framework="pt") as g:
+        assert all(torch.equal(f.get_tensor(k), g.get_tensor(k)) for k in g.keys())
