@@ -25,8 +25,8 @@ from accelerate import init_empty_weights
 from torch import nn
 
 from glipcli.config import GLIPConfig
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import atomic_write, parse_json
 from glipcli.modeling.anchors import cell_anchor
 from glipcli.modeling.glip import GLIP
 
@@ -247,6 +247,10 @@ def _extract_model_state(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj:
         raise GlipError(f"{path}: not a GLIP checkpoint (no state dict inside)")
     state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    odd = [k for k in state if not isinstance(k, str)]
+    if odd:
+        raise GlipError(f"{path}: not a GLIP checkpoint (a tensor is stored under the non-text key "
+                        f"{excerpt(odd[0])})")
     if not state:
         raise GlipError(f"{path}: not a GLIP checkpoint (no tensors inside)")
     return state
@@ -398,11 +402,24 @@ def config_metadata(cfg: GLIPConfig) -> dict[str, str]:
     return {"format": FORMAT_TAG, "config": json.dumps(cfg.to_dict(), sort_keys=True)}
 
 
-def config_from_metadata(metadata: dict[str, str]) -> GLIPConfig | None:
-    """The config stored in one of our safetensors files (`config_metadata`), if any."""
+def config_from_metadata(metadata: dict[str, str], source: str = "checkpoint") -> GLIPConfig | None:
+    """The config stored in one of our safetensors files (`config_metadata`), if any. Damaged
+    config metadata (not JSON, nested or sized beyond reason, not a config) is one line naming
+    `source`."""
     if metadata.get("format") != FORMAT_TAG or "config" not in metadata:
         return None
-    return GLIPConfig.from_dict(json.loads(metadata["config"]))
+    raw = parse_json(metadata["config"], f"{source}: config metadata", max_size=1_000_000)
+    return config_from_record(raw, source, "config metadata")
+
+
+def config_from_record(raw: Any, source: str, what: str = "model config") -> GLIPConfig:
+    """A GLIPConfig from its stored dict (a run.json's `model_config`, parsed metadata); one line
+    naming `source` when it is damaged."""
+    try:
+        return GLIPConfig.from_dict(raw)
+    except GlipError as exc:
+        reason = str(exc).removeprefix("not a GLIP model config ").strip("()")
+        raise GlipError(f"{source}: damaged {what} ({reason})") from None
 
 
 def save_safetensors(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None,

@@ -11,12 +11,12 @@ matches the official numbers.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import read_json
 
 TO_REMOVE = 1.0  # the official xyxy -> xywh convention
 
@@ -38,10 +38,7 @@ class CocoIndex:
         path = Path(path)
         if not path.is_file():
             raise GlipError(f"{path}: no such COCO ground-truth file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GlipError(f"{path}: not a readable JSON file ({str(exc).splitlines()[0][:200]})") from None
+        data = read_json(path, "COCO ground-truth file", max_bytes=None, max_depth=None)
         if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
                 or not isinstance(data.get("categories"), list):
             raise GlipError(f"{path}: not a COCO ground-truth file (needs 'images' and 'categories' lists)")
@@ -60,7 +57,7 @@ class CocoIndex:
         if len(matches) == 1:
             return matches[0]
         shown = ", ".join(list(self.categories)[:8]) + (", ..." if len(self.categories) > 8 else "")
-        raise GlipError(f"class {name!r} is not a category of {self.path.name} ({shown})")
+        raise GlipError(f"class {excerpt(name)} is not a category of {self.path.name} ({shown})")
 
     def image_id(self, image: str | Path) -> int:
         """The id of an image path: the GT `file_name` that equals its path or a trailing part
@@ -76,7 +73,7 @@ class CocoIndex:
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise GlipError(f"{image}: {len(matches)} images of {self.path.name} are named {name!r}; "
+            raise GlipError(f"{image}: {len(matches)} images of {self.path.name} are named {excerpt(name)}; "
                             "run from the folder the file names are relative to")
         raise GlipError(f"{image}: not among the images of {self.path.name} (matched by file_name)")
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, clip
 
 
 @dataclass(frozen=True)
@@ -139,12 +139,15 @@ class GLIPConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GLIPConfig":
-        """The config `to_dict` gave (lists become tuples again); GlipError for anything else."""
+        """The config `to_dict` gave (lists become tuples again); GlipError (one line) for anything
+        else: not a mapping, missing or unknown fields, values of the wrong shape."""
         try:
             parts = {f.name: _part(f.type, data[f.name]) for f in dataclasses.fields(cls) if f.name != "name"}
-            return cls(name=data["name"], **parts)
-        except (KeyError, TypeError) as exc:
-            raise GlipError(f"not a GLIP model config ({type(exc).__name__}: {exc})") from None
+            return cls(name=str(data["name"]), **parts)
+        except KeyError as exc:
+            raise GlipError(f"not a GLIP model config (missing {clip(repr(exc.args[0]), 80)})") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise GlipError(f"not a GLIP model config ({type(exc).__name__}: {clip(exc, 120)})") from None
 
 
 def _json_ready(value: Any) -> Any:

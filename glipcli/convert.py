@@ -21,8 +21,8 @@ from glipcli.checkpoint import (convert_official_state_dict, is_official_state_d
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.device import resolve_dtype
 from glipcli.errors import GlipError
-from glipcli.io import check_writable
 from glipcli.modeling.glip import GLIP
+from glipcli.outputs import OutputGuard
 from glipcli.weights import infer_config
 from glipcli.yacs_config import config_from_yacs
 
@@ -56,7 +56,7 @@ def convert_checkpoint(source: str | Path, target: str | Path, model: str | None
         raise GlipError(f"{target}: the output must be a .safetensors file")
     if source.exists() and target.exists() and source.resolve() == target.resolve():
         raise GlipError(f"{target}: the output would replace the input")
-    check_writable(target, overwrite)
+    OutputGuard(overwrite=overwrite, inputs=[source, config]).file(target, "TARGET")
     store_dtype = None if dtype is None else resolve_dtype(dtype)
     if model is not None and config is not None:
         raise GlipError("give --model or --config, not both")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.prompts.caption import Phrase
 
 PhraseSpec = str | Phrase | tuple[int, int]
@@ -100,11 +100,11 @@ def locate_phrase(caption: str, text: str) -> Phrase:
         candidates = whole or starts
         if len(candidates) > 1:
             spans = " or ".join(f"{s}:{s + len(needle)}" for s in candidates)
-            raise GlipError(f"phrase {needle!r} occurs {len(candidates)} times in the caption; "
+            raise GlipError(f"phrase {excerpt(needle)} occurs {len(candidates)} times in the caption; "
                             f"choose one with --phrase-span {spans}")
         start = candidates[0]
         return Phrase(caption[start:start + len(needle)], start, start + len(needle))
-    raise GlipError(f"phrase {needle!r} is not in the caption {caption!r}")
+    raise GlipError(f"phrase {excerpt(needle)} is not in the caption {excerpt(caption)}")
 
 
 def _whole_word(caption: str, start: int, end: int) -> bool:
@@ -117,7 +117,7 @@ def parse_span(text: str) -> tuple[int, int]:
     """`"16:31"` -> (16, 31)."""
     match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
     if not match:
-        raise GlipError(f"phrase span {text!r} is not START:END (character offsets, end exclusive)")
+        raise GlipError(f"phrase span {excerpt(text)} is not START:END (character offsets, end exclusive)")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -144,7 +144,8 @@ def grounding_phrases(caption: str, phrases: Sequence[PhraseSpec] = (), markup: 
         if isinstance(spec, Phrase):
             phrase = span_phrase(caption, spec.start, spec.end)
             if spec.text and spec.text != phrase.text:
-                raise GlipError(f"phrase {spec.text!r}: span {spec.start}:{spec.end} holds {phrase.text!r}")
+                raise GlipError(f"phrase {excerpt(spec.text)}: span {spec.start}:{spec.end} "
+                                f"holds {excerpt(phrase.text)}")
         elif isinstance(spec, tuple):
             phrase = span_phrase(caption, int(spec[0]), int(spec[1]))
         else:

@@ -16,6 +16,7 @@ import torch
 
 from glipcli.checkpoint import (build_empty, config_from_metadata, is_official_state_dict, load_state_dict_checked,
                                 read_state_dict)
+from glipcli.checkpoint_fit import check_fits
 from glipcli.config import GLIPConfig, get_preset
 from glipcli.errors import GlipError
 from glipcli.hub import download_weights, is_packaged, is_preset, packaged_weights
@@ -90,7 +91,7 @@ def infer_config(state: dict[str, torch.Tensor], metadata: dict[str, str], sourc
                  ) -> GLIPConfig:
     """The architecture a checkpoint was saved from: our safetensors metadata if present, else
     the preset whose distinctive shapes it has (Swin width, fusion layers, head depth)."""
-    cfg = config_from_metadata(metadata)
+    cfg = config_from_metadata(metadata, source)
     if cfg is not None:
         return cfg
     official = is_official_state_dict(state)
@@ -128,6 +129,9 @@ def load_model(source: ModelSource) -> GLIP:
     state, metadata = read_state_dict(source.weights)
     cfg = source.config or infer_config(state, metadata, source=str(source.weights))
     own_layout = any(k.startswith(("backbone.swin.", "head.layers.")) for k in state)
+    if source.config is None and config_from_metadata(metadata, str(source.weights)) is not None:
+        # The architecture is the file's own claim: hold it against the tensors before building anything.
+        check_fits(cfg, state, str(source.weights), optional_prefixes=("language.",))
     if own_layout and not any(k.startswith("language.") for k in state):
         return _load_without_text_encoder(cfg, state, str(source.weights))
     # Built without allocating or initialising parameters; the checkpoint's (memory-mapped)

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from glipcli.config import (
     AnchorConfig,
@@ -27,7 +26,8 @@ from glipcli.config import (
     SwinConfig,
     get_preset,
 )
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import read_json, read_yaml
 
 
 def _get(tree: dict, dotted: str, default: Any = None) -> Any:
@@ -58,10 +58,7 @@ _BERT_SIZE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "i
 
 
 def _language_from_bert_json(path: Path, max_query_len: int) -> LanguageConfig:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GlipError(f"{path}: not a readable BERT config ({exc})") from None
+    data = read_json(path, "BERT config")
     if not isinstance(data, dict) or not all(k in data for k in _BERT_SIZE_KEYS):
         raise GlipError(f"{path}: not a BERT config (needs {', '.join(_BERT_SIZE_KEYS)})")
     return LanguageConfig(
@@ -82,12 +79,9 @@ def _language_from_bert_json(path: Path, max_query_len: int) -> LanguageConfig:
 def config_from_yacs(path: str | Path, bert_config: str | Path | None = None) -> GLIPConfig:
     """Build a `GLIPConfig` from an official YACS YAML file."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise GlipError(f"{path}: no such config file") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise GlipError(f"{path}: not a readable YAML config ({str(exc).splitlines()[0]})") from None
+    if not path.exists():
+        raise GlipError(f"{path}: no such config file")
+    tree = read_yaml(path, "YAML config")
     if not isinstance(tree, dict) or "MODEL" not in tree:
         raise GlipError(f"{path}: not a GLIP config (no MODEL section)")
     try:
@@ -100,17 +94,17 @@ def _config_from_tree(tree: dict, path: Path, bert_config: str | Path | None) ->
     base = get_preset("glip-t")
     body = _get(tree, "MODEL.BACKBONE.CONV_BODY", "SWINT-FPN-RETINANET")
     if not str(body).startswith("SWINT-FPN"):
-        raise GlipError(f"{path}: backbone {body!r} is not supported (only Swin + FPN GLIP models)")
+        raise GlipError(f"{path}: backbone {excerpt(body)} is not supported (only Swin + FPN GLIP models)")
     rpn = _get(tree, "MODEL.RPN_ARCHITECTURE", "VLDYHEAD")
     if rpn != "VLDYHEAD":
-        raise GlipError(f"{path}: RPN_ARCHITECTURE {rpn!r} is not supported (only VLDYHEAD)")
+        raise GlipError(f"{path}: RPN_ARCHITECTURE {excerpt(rpn)} is not supported (only VLDYHEAD)")
     lang_type = _get(tree, "MODEL.LANGUAGE_BACKBONE.MODEL_TYPE", "bert-base-uncased")
     if lang_type != "bert-base-uncased":
-        raise GlipError(f"{path}: language model {lang_type!r} is not supported (only bert-base-uncased)")
+        raise GlipError(f"{path}: language model {excerpt(lang_type)} is not supported (only bert-base-uncased)")
     fuse_type = _get(tree, "MODEL.DYHEAD.FUSE_CONFIG.TYPE", "MHA-B")
     early = bool(_get(tree, "MODEL.DYHEAD.FUSE_CONFIG.EARLY_FUSE_ON", base.head.early_fusion))
     if early and fuse_type != "MHA-B":
-        raise GlipError(f"{path}: fusion type {fuse_type!r} is not supported (only MHA-B)")
+        raise GlipError(f"{path}: fusion type {excerpt(fuse_type)} is not supported (only MHA-B)")
 
     s = base.swin
     swin = SwinConfig(

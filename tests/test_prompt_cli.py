@@ -71,7 +71,7 @@ def test_show_lvis_classes_file(capsys, shared_dir):
     (["-p", "a", "--classes-file", "names.txt"], "error: give the classes one way only"),
     (["missing.yaml"], "error: missing.yaml: no such prompt file"),
     (["-p", "a b c d e f", "--max-tokens", "6"], "error: class 'a b c d e f' needs 8 tokens"),
-    (["-p", "a", "--chunk-size", "0"], "error: chunk size must be a whole number of classes, at least 1"),
+    (["-p", "a", "--chunk-size", "0"], "error: --chunk-size must be a whole number from 1 to"),
 ])
 def test_show_errors_are_one_line(capsys, args, message):
     code, out, err = _show(capsys, *args)

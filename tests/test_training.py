@@ -155,7 +155,7 @@ def test_resume_refuses_other_settings_and_runs_are_never_overwritten(golden_dir
     other = dataclasses.replace(config, batch_size=1)
     with pytest.raises(GlipError, match="--batch-size 2 \\(given: 1\\)"):
         Trainer(_model(cfg), data, other, tmp_path / "out", resume=True, progress=False).fit()
-    with pytest.raises(GlipError, match="no checkpoint to resume"):
+    with pytest.raises(GlipError, match="no training run to resume"):
         Trainer(_model(cfg), data, config, tmp_path / "nothing", resume=True, progress=False).fit()
     assert (tmp_path / "out/model_best.safetensors").read_bytes() == before
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import re
 from collections import defaultdict
@@ -34,8 +33,9 @@ from typing import Any
 
 from glipcli.bench import paper
 from glipcli.bench.paper import PaperValue
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip
+from glipcli.io import atomic_write, json_text, read_json
+from glipcli.outputs import OutputGuard
 
 ZERO_SHOT = 0
 ALL_DATA = paper.ALL_DATA
@@ -151,16 +151,18 @@ class ResultsStore:
 
     def __init__(self, out_dir: str | Path, run: Mapping[str, Any] | None = None):
         self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise GlipError(f"{self.out_dir}: exists and is not a folder")
+
+        # A folder with our run.json is a benchmark run to continue (checked against `run` below);
+        # any other holding our file names (a user's own results.md) is never written into.
+        OutputGuard().run_folder(self.out_dir, (RUN_FILE, CELLS_DIR, *TABLE_FILES), "--output",
+                                 resume=(self.out_dir / RUN_FILE).is_file(), what="benchmark run")
         self.cells_dir = self.out_dir / CELLS_DIR
         self.run = dict(run or {})
         run_path = self.out_dir / RUN_FILE
         if run_path.is_file():
-            try:
-                stored = json.loads(run_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise GlipError(f"{run_path}: unreadable ({exc}); delete it or use another output folder") from None
+            stored = read_json(run_path, "benchmark run record")
+            if not isinstance(stored, dict):
+                raise GlipError(f"{run_path}: not a benchmark run record; delete it or use another output folder")
             differ = [k for k in self.run if k in stored and stored[k] != self.run[k]]
             if differ:
                 shown = ", ".join(f"{k}={stored[k]!r} (now {self.run[k]!r})" for k in differ)
@@ -169,7 +171,7 @@ class ResultsStore:
             self.run = {**stored, **self.run}
         if self.run:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            _write_text(run_path, json.dumps(self.run, indent=2, sort_keys=True, default=str) + "\n")
+            _write_text(run_path, json_text(self.run, run_path, indent=2, sort_keys=True, default=str) + "\n")
 
     def path(self, key: CellKey) -> Path:
         return self.cells_dir / f"{key.file_stem}.json"
@@ -188,7 +190,7 @@ class ResultsStore:
             if not isinstance(value, (int, float)) or math.isnan(value):
                 raise GlipError(f"cell {result.key.file_stem}: {name} must be a number (got {value!r})")
         path = self.path(result.key)
-        _write_text(path, json.dumps(result.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+        _write_text(path, json_text(result.to_dict(), path, indent=2, sort_keys=True, default=str) + "\n")
         return path
 
     def pending(self, keys: Sequence[CellKey]) -> list[CellKey]:
@@ -204,9 +206,10 @@ class ResultsStore:
 
     def _read(self, path: Path) -> CellResult:
         try:
-            result = CellResult.from_dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, GlipError) as exc:
-            raise GlipError(f"{path}: unreadable result cell ({exc}); delete it to run the cell again") from None
+            result = CellResult.from_dict(read_json(path, "result cell"))
+        except (KeyError, TypeError, ValueError, AttributeError, GlipError) as exc:
+            raise GlipError(f"{path}: unreadable result cell ({clip(exc, 200)}); delete it to run the cell again"
+                            ) from None
         if path.name != f"{result.key.file_stem}.json":
             raise GlipError(f"{path}: holds the cell {result.key.file_stem}, not the one its name says")
         return result
@@ -413,7 +416,7 @@ def write_tables(out_dir: str | Path, summary: Summary, cells: Sequence[CellResu
     out_dir = Path(out_dir)
     files = TableFiles(*(out_dir / name for name in TABLE_FILES))
     data = {"run": dict(run or {}), "cells": [c.to_dict() for c in cells], "summary": summary.to_dict()}
-    _write_text(files.json, json.dumps(data, indent=2, default=str) + "\n")
+    _write_text(files.json, json_text(data, files.json, indent=2, default=str) + "\n")
     _write_text(files.csv, to_csv(summary))
     _write_text(files.markdown, to_markdown(summary))
     return files

@@ -49,8 +49,9 @@ from glipcli.evaluation.coco import coco_box_ap, load_ground_truth
 from glipcli.evaluation.detection import dataset_prompt_spec, image_paths, map_classes, require_evaluable
 from glipcli.evaluation.flickr import FlickrGroundTruth, FlickrPrediction, flickr_recall
 from glipcli.evaluation.lvis import LvisGroundTruth, lvis_box_ap
-from glipcli.io import atomic_write
+from glipcli.io import atomic_write, json_text
 from glipcli.modeling.postprocess import ATSSPostProcessor
+from glipcli.outputs import OutputGuard
 from glipcli.prompts.prompt_file import PromptSpec
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -68,6 +69,11 @@ class PredictionLog:
 
     def __init__(self, path: str | Path, identity: Mapping[str, Any]):
         self.path = Path(path)
+
+        # A folder with our predictions log is a benchmark run to continue (its header is checked
+        # against `identity`); any other holding our file names is never written into.
+        OutputGuard().run_folder(self.path.parent, (self.path.name, *RESULT_FILES), "--output",
+                                 resume=self.path.is_file(), what="benchmark run")
         self.identity = json.loads(json.dumps(dict(identity), default=str))
         self.records: dict[str, Any] = {}
         if self.path.is_file():
@@ -114,7 +120,7 @@ class PredictionLog:
 
     def append(self, key: object, value: Any) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"key": str(key), "value": value}) + "\n")
+            f.write(json_text({"key": str(key), "value": value}, self.path) + "\n")
         self.records[str(key)] = value
 
 
@@ -193,7 +199,7 @@ class StandardReport:
 def _write_report(report: StandardReport, identity: Mapping[str, Any]) -> StandardReport:
     data = {**report.to_dict(), "run": dict(identity)}
     json_path, md_path = (report.output / name for name in RESULT_FILES)
-    text = json.dumps(data, indent=2, default=str) + "\n"
+    text = json_text(data, json_path, indent=2, default=str) + "\n"
     atomic_write(json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     markdown = report.markdown()
     atomic_write(md_path, lambda tmp: tmp.write_text(markdown, encoding="utf-8"))

@@ -28,13 +28,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from glipcli.data.odinw.layout import (ROBOFLOW_ANNOTATION_FILE, ROBOFLOW_SPLIT_FOLDERS, Availability, BenchDataset,
                                   MissingDataset, SplitFiles, availability, locate_files, locate_odinw,
                                   roboflow_export_splits)
 from glipcli.data.odinw.registry import PROMPT_VARIANTS, SUITES, OdinwDataset, find_datasets, name_key, odinw_suite
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import read_yaml
 
 SPLIT_NAMES = ("train", "val", "minival", "test")
 SPLIT_ALIASES = {"valid": "val", "validation": "val", "mini_val": "minival"}
@@ -86,7 +86,8 @@ class Suite:
         for name in names:
             matches = [d for d in self.datasets if name_key(d.name) == name_key(name)]
             if not matches:
-                raise GlipError(f"unknown dataset {name!r} in suite {self.name}; choose from: {', '.join(self.names)}")
+                raise GlipError(f"unknown dataset {excerpt(name)} in suite {self.name}; "
+                                f"choose from: {', '.join(self.names)}")
             if matches[0] not in chosen:
                 chosen.append(matches[0])  # type: ignore[arg-type]
         return replace(self, datasets=tuple(chosen))
@@ -101,7 +102,7 @@ class Suite:
             if data_root is None:
                 raise GlipError(f"suite {self.name} needs --data-root (the folder that holds odinw/)")
             if prompts not in PROMPT_VARIANTS:
-                raise GlipError(f"--prompts must be {' or '.join(PROMPT_VARIANTS)} for ODinW (got {prompts!r})")
+                raise GlipError(f"--prompts must be {' or '.join(PROMPT_VARIANTS)} for ODinW (got {excerpt(prompts)})")
             pdir = Path(prompts_dir) if prompts_dir is not None else default_prompts_dir()
             for entry in self.datasets:
                 assert isinstance(entry, OdinwDataset)
@@ -140,7 +141,7 @@ def load_suite(spec: str | Path) -> Suite:
         return Suite(name, odinw_suite(name))
     path = Path(text).expanduser()
     if path.suffix.lower() not in (".yaml", ".yml") and not path.is_file():
-        raise GlipError(f"--suite must be odinw13, odinw35 or a suite file (.yaml); got {text!r}")
+        raise GlipError(f"--suite must be odinw13, odinw35 or a suite file (.yaml); got {excerpt(text)}")
     return load_suite_file(path)
 
 
@@ -148,14 +149,7 @@ def load_suite_file(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise GlipError(f"{path}: no such suite file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GlipError(f"{path}: cannot read the suite file ({exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise GlipError(f"{path}: not valid YAML{where}") from None
+    data = read_yaml(path, "suite file")
     return parse_suite(data, path)
 
 
@@ -173,7 +167,7 @@ def _path(value: Any, base: Path, where: str) -> Path:
 def _check_keys(data: Mapping, allowed: Sequence[str], where: str) -> None:
     unknown = [str(k) for k in data if k not in allowed]
     if unknown:
-        raise GlipError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+        raise GlipError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(excerpt, unknown[:5]))} "
                         f"(allowed: {', '.join(allowed)})")
 
 
@@ -204,7 +198,7 @@ def _entry(raw: Any, base: Path, where: str) -> SuiteEntry:
         split = SPLIT_ALIASES.get(key, key)
         if split in SPLIT_NAMES:
             if split in splits:
-                raise GlipError(f"{where}: split {split} given twice ({key!r} is {split})")
+                raise GlipError(f"{where}: split {split} given twice ({excerpt(key)} is {split})")
             splits[split] = _split(raw[key], base, f"{where}.{key}")
     root = _path(raw["root"], base, f"{where}.root") if raw.get("root") is not None else None
     if root is None and not splits:
@@ -212,7 +206,7 @@ def _entry(raw: Any, base: Path, where: str) -> SuiteEntry:
     eval_split = raw.get("eval_split", "val")
     eval_split = SPLIT_ALIASES.get(eval_split, eval_split) if isinstance(eval_split, str) else eval_split
     if eval_split not in ("val", "minival", "test"):
-        raise GlipError(f"{where}.eval_split: must be val, minival or test, got {eval_split!r}")
+        raise GlipError(f"{where}.eval_split: must be val, minival or test, got {excerpt(eval_split)}")
     if root is None and eval_split not in splits:
         raise GlipError(f"{where}: eval_split is {eval_split} but no {eval_split} split files are given")
     prompt = _path(raw["prompt_file"], base, f"{where}.prompt_file") if raw.get("prompt_file") is not None else None
@@ -240,7 +234,7 @@ def parse_suite(data: Any, path: Path) -> Suite:
     for e in entries:
         key = name_key(e.name)
         if key in seen:
-            raise GlipError(f"{where}: dataset name {e.name!r} is used twice (names must be unique; "
+            raise GlipError(f"{where}: dataset name {excerpt(e.name)} is used twice (names must be unique; "
                             f"compared ignoring case, '_', '-', '.')")
         seen[key] = e.name
     return Suite(name, tuple(entries), path)

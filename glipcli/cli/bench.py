@@ -11,6 +11,7 @@ import typer
 
 from glipcli.cli.app import app, stderr, stdout
 from glipcli.cli.common import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, QuietOpt, WeightsOpt
+from glipcli.cli import ranges
 
 bench_app = typer.Typer(name="bench", no_args_is_help=True, pretty_exceptions_enable=False,
                         short_help="Benchmarks: ODinW, COCO, LVIS, Flickr30K, synthetic world.",
@@ -22,8 +23,10 @@ DataRootOpt = Annotated[Optional[Path], typer.Option(help="The folder holding th
 OutputOpt = Annotated[Optional[Path], typer.Option(
     help="Result folder (default: bench-results/<benchmark>/<model>). A re-run in it resumes.")]
 MaxImagesOpt = Annotated[Optional[int], typer.Option(
-    min=1, help="Evaluate only the first N images (a quick check; not comparable with the paper).")]
+    min=1, callback=ranges.count(1),
+           help="Evaluate only the first N images (a quick check; not comparable with the paper).")]
 EvalBatchOpt = Annotated[int, typer.Option("--eval-batch-size", min=1,
+                                           callback=ranges.count(1),
                                            help="Images per forward pass when evaluating (1 reproduces single-image "
                                                 "results exactly).")]
 
@@ -69,9 +72,11 @@ def odinw(
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
     output: OutputOpt = None,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epoch cap of fine-tuning (default: official 200; "
+    epochs: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                         help="Epoch cap of fine-tuning (default: official 200; "
                                                               "early stopping usually ends sooner).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                             help="Training images per step (default: 4).")] = None,
     eval_batch_size: EvalBatchOpt = 1,
     keep_weights: Annotated[bool, typer.Option(
         help="Keep each fine-tuned cell's model_best.safetensors and checkpoints (default: deleted once the "
@@ -148,8 +153,10 @@ def lvis(
     weights: WeightsOpt = None,
     output: OutputOpt = None,
     batch_size: EvalBatchOpt = 1,
-    chunk_size: Annotated[int, typer.Option(min=1, help="Classes per caption (official: 40).")] = 40,
-    max_detections: Annotated[int, typer.Option(min=1, help="Detections per image (official: 300).")] = 300,
+    chunk_size: Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                   help="Classes per caption (official: 40).")] = 40,
+    max_detections: Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                       help="Detections per image (official: 300).")] = 300,
     max_images: MaxImagesOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -221,22 +228,31 @@ def synthetic(
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
     output: OutputOpt = None,
-    seed: Annotated[int, typer.Option(help="World seed of the held-out data (generated into OUTPUT/data/).")] = 1,
-    images: Annotated[int, typer.Option(min=1, help="Test images per held-out set.")] = 200,
-    train_images: Annotated[int, typer.Option(min=1, help="Never-seen-shape training pool the K-shot subset "
+    seed: Annotated[int, typer.Option(callback=ranges.seed,
+                                      help="World seed of the held-out data (generated into OUTPUT/data/).")] = 1,
+    images: Annotated[int, typer.Option(min=1, callback=ranges.count(1), help="Test images per held-out set.")] = 200,
+    train_images: Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                     help="Never-seen-shape training pool the K-shot subset "
                                                           "is drawn from.")] = 50,
-    valid_images: Annotated[int, typer.Option(min=1, help="Never-seen-shape validation pool (K-shot subset "
+    valid_images: Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                     help="Never-seen-shape validation pool (K-shot subset "
                                                           "too, as the official few-shot runs).")] = 50,
-    shots: Annotated[int, typer.Option(min=1, help="K of the few-shot fine-tuning and prompt tuning.")] = 5,
-    train_seed: Annotated[int, typer.Option(help="Seed of the K-shot subset and training order.")] = 3,
-    epochs: Annotated[Optional[int], typer.Option(min=1, help="Epoch cap of the tuning runs (default: official "
+    shots: Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                              help="K of the few-shot fine-tuning and prompt tuning.")] = 5,
+    train_seed: Annotated[int, typer.Option(callback=ranges.seed,
+                                            help="Seed of the K-shot subset and training order.")] = 3,
+    epochs: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                         help="Epoch cap of the tuning runs (default: official "
                                                               "200 with early stopping).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(min=1, help="Training images per step (default: 4).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                             help="Training images per step (default: 4).")] = None,
     val_shots: Annotated[Optional[int], typer.Option(
-        min=0, help="Validation images' K-shot subset that picks the best epoch (default: --shots, official; "
+        min=0, callback=ranges.count(0),
+               help="Validation images' K-shot subset that picks the best epoch (default: --shots, official; "
                     "0: the whole validation pool).")] = None,
     patience: Annotated[Optional[int], typer.Option(
-        min=1, help="Evaluations without a better validation AP before a tuning run stops (default: official 8).")] = None,
+        min=1, callback=ranges.count(1),
+               help="Evaluations without a better validation AP before a tuning run stops (default: official 8).")] = None,
     eval_batch_size: EvalBatchOpt = 4,
     keep_weights: Annotated[bool, typer.Option(help="Keep the tuned weights and checkpoints.")] = False,
     device: DeviceOpt = "auto",

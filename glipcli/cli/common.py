@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from glipcli.cli.app import stderr
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 # -- options shared by detect and ground ---------------------------------------------------------
 ImagesArg = Annotated[list[str], typer.Argument(
@@ -25,7 +26,8 @@ ModelOpt = Annotated[Optional[str], typer.Option(
     "checkpoint path. Default: glip-t.")]
 ConfigOpt = Annotated[Optional[Path], typer.Option(help="An official GLIP YACS config (.yaml): the architecture.")]
 WeightsOpt = Annotated[Optional[Path], typer.Option(help="Checkpoint: official .pth or glip .safetensors.")]
-BatchSizeOpt = Annotated[int, typer.Option(min=1, help="Images per forward pass (similar sizes are batched).")]
+BatchSizeOpt = Annotated[int, typer.Option(min=1, callback=ranges.count(1),
+                                                  help="Images per forward pass (similar sizes are batched).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, else cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast; post-processing in float32).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")]
@@ -53,37 +55,50 @@ def load_predictor(model: str | None, weights: Path | None, config: Path | None,
     return GLIPPredictor(load_model(source), device=resolved_device, dtype=resolved_dtype)
 
 
+def model_file(model: str | None) -> Path | None:
+    """`--model` when it names a checkpoint file (an input no output may replace), else None."""
+    if model is None:
+        return None
+    from glipcli.weights import looks_like_path
+
+    return Path(model) if looks_like_path(model) else None
+
+
 # -- outputs ------------------------------------------------------------------------------------
 @dataclass
 class OutputFiles:
-    """The files a run writes; `check` refuses existing ones (unless overwrite) before any work."""
+    """The files a run writes, checked by one `glipcli.outputs.OutputGuard` before any work:
+    resolved paths, no output equal to another or to an input (`inputs`: every file the run
+    reads), regular files only, existing ones only with `overwrite`."""
 
     overwrite: bool
     json: Path | None = None
     coco: Path | None = None
     vis_dir: Path | None = None
     vis_names: dict[int, Path] = field(default_factory=dict)  # input index -> rendering path
+    inputs: list[Path | str | None] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
 
     def plan_visualisations(self, sources: Sequence[Path]) -> None:
         # deferred import: keeps `glip --help` fast
         from glipcli.visualize import output_name
 
+        self.sources = list(sources)
         if self.vis_dir is None:
             return
-        if self.vis_dir.exists() and not self.vis_dir.is_dir():
-            raise GlipError(f"{self.vis_dir}: exists and is not a folder")
         taken: set[str] = set()
         self.vis_names = {i: self.vis_dir / output_name(str(s), taken) for i, s in enumerate(sources)}
 
     def check(self) -> None:
         # deferred import: keeps `glip --help` fast
-        from glipcli.io import check_writable
+        from glipcli.outputs import OutputGuard
 
-        files = [p for p in (self.json, self.coco) if p is not None] + list(self.vis_names.values())
-        if len(set(files)) != len(files):
-            raise GlipError("two outputs would be written to the same file")
-        for path in files:
-            check_writable(path, self.overwrite)
+        guard = OutputGuard(overwrite=self.overwrite, inputs=[*self.inputs, *self.sources])
+        guard.file(self.json, "--json")
+        guard.file(self.coco, "--coco-results")
+        guard.folder(self.vis_dir, "--save-vis")
+        for index, path in self.vis_names.items():
+            guard.file(path, "--save-vis", source=self.sources[index] if index < len(self.sources) else None)
 
     def write_json(self, path: Path, data: Any, quiet: bool) -> None:
         # deferred import: keeps `glip --help` fast

@@ -12,8 +12,9 @@ from rich.text import Text
 from glipcli.cli.app import app, stdout
 from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
                                 OutputFiles, OverwriteOpt, QuietOpt, RunOutcome, SaveVisOpt, StrictOpt,
-                                WeightsOpt, finish, load_predictor, run_images)
+                                WeightsOpt, finish, load_predictor, model_file, run_images)
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 MAX_IMAGE_TABLES = 10  # more images than this: one summary table instead of one table each
 
@@ -27,11 +28,13 @@ def detect(
     prompt_file: Annotated[Optional[Path], typer.Option(
         help="A YAML prompt file (names, grounded texts, prefixes/suffixes, thresholds, suppression).")] = None,
     chunk_size: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1),
         help="At most this many classes per caption (long lists are split automatically anyway).")] = None,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
-    box_threshold: Annotated[float, typer.Option(help="Drop detections scoring below this.")] = 0.3,
+    box_threshold: Annotated[float, typer.Option(callback=ranges.fraction,
+                                                 help="Drop detections scoring below this.")] = 0.3,
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
@@ -44,7 +47,8 @@ def detect(
     overwrite: OverwriteOpt = False,
     strict: StrictOpt = False,
     quiet: QuietOpt = False,
-    max_rows: Annotated[int, typer.Option(help="Detections shown per image on the terminal.")] = 10,
+    max_rows: Annotated[int, typer.Option(callback=ranges.count(0),
+                                          help="Detections shown per image on the terminal.")] = 10,
     adapter: Annotated[Optional[Path], typer.Option(
         help="A prompt-tuning adapter from `glip prompt-tune`; its tuned prompt is used when no "
              "prompt is given, and any other prompt is refused.")] = None,
@@ -73,7 +77,8 @@ def detect(
     sources = expand_image_args(images)
     if (coco_results is None) != (coco_gt is None):
         raise GlipError("--coco-results and --coco-gt go together: the ground truth gives the ids")
-    outputs = OutputFiles(overwrite=overwrite, json=json_out, coco=coco_results, vis_dir=save_vis)
+    outputs = OutputFiles(overwrite=overwrite, json=json_out, coco=coco_results, vis_dir=save_vis,
+                          inputs=[coco_gt, prompt_file, classes_file, weights, config, adapter, model_file(model)])
     outputs.plan_visualisations(sources)
     outputs.check()
     coco_index = None

@@ -9,6 +9,7 @@ import typer
 from glipcli.cli import training_options as opt
 from glipcli.cli.app import app
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 MODES = ("full", "linear-probe")
 
@@ -39,9 +40,11 @@ def finetune(
     epochs: opt.Epochs = None,
     copies: opt.Copies = None,
     batch_size: opt.BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(help="Base learning rate. (default: 1e-4)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                help="Base learning rate. (default: 1e-4)",
                                                 rich_help_panel=opt.SCHEDULE)] = None,
-    language_lr: Annotated[Optional[float], typer.Option(help="Language-backbone learning rate. (default: 1e-5)",
+    language_lr: Annotated[Optional[float], typer.Option(callback=ranges.language_learning_rate,
+                                                         help="Language-backbone learning rate. (default: 1e-5)",
                                                          rich_help_panel=opt.SCHEDULE)] = None,
     weight_decay: opt.WeightDecay = None,
     lr_patience: opt.LrPatience = None,
@@ -82,13 +85,15 @@ def finetune(
 
 
 def _stored_task(output) -> str | None:
-    import json
-
+    """The task recorded in the run folder (None when it cannot be read: `--resume` then reports
+    the damaged record itself)."""
     # deferred import: keeps `glip --help` fast
     from glipcli.engine.trainer import RUN_FILE
+    from glipcli.io import read_json
 
     try:
-        task = json.loads((output / RUN_FILE).read_text()).get("task")
-    except (OSError, ValueError):
+        run = read_json(output / RUN_FILE, "run record")
+    except GlipError:
         return None
+    task = run.get("task") if isinstance(run, dict) else None
     return task if task in MODES else None

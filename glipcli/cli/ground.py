@@ -9,9 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from glipcli.cli.app import app, stdout
+from glipcli.cli import ranges
 from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
                                 OutputFiles, OverwriteOpt, QuietOpt, SaveVisOpt, StrictOpt, WeightsOpt,
-                                finish, load_predictor, run_images)
+                                finish, load_predictor, model_file, run_images)
 
 
 @app.command(short_help="Ground a caption's phrases in each image.")
@@ -26,9 +27,9 @@ def ground(
         metavar="START:END", help="A phrase given by character span START:END of the caption (brackets removed), "
              "for a phrase that occurs more than once (repeatable).")] = None,
     markup: Annotated[bool, typer.Option(help="Read [brackets] in the caption as phrase markup.")] = True,
-    top_k: Annotated[int, typer.Option(min=1, help="Boxes kept per phrase, best first.")] = 1,
+    top_k: Annotated[int, typer.Option(min=1, callback=ranges.count(1), help="Boxes kept per phrase, best first.")] = 1,
     box_threshold: Annotated[float, typer.Option(
-        help="Drop boxes scoring below this (0: every phrase gets its best box).")] = 0.0,
+        callback=ranges.fraction, help="Drop boxes scoring below this (0: every phrase gets its best box).")] = 0.0,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
@@ -49,7 +50,8 @@ def ground(
     specs: list = list(phrase or []) + [parse_span(s) for s in (phrase_span or [])]
     grounding_phrases(caption, specs, markup=markup)  # phrase errors before the model loads
     sources = expand_image_args(images)
-    outputs = OutputFiles(overwrite=overwrite, json=json_out, vis_dir=save_vis)
+    outputs = OutputFiles(overwrite=overwrite, json=json_out, vis_dir=save_vis,
+                          inputs=[weights, config, model_file(model)])
     outputs.plan_visualisations(sources)
     outputs.check()
 

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         # Typer turns a Ctrl-C into exit code 130, returned (not raised) in non-standalone mode.
         code = app(args=argv, standalone_mode=False)
     except GlipError as exc:
-        stderr.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        _error_line(str(exc))
         return 2
     except _ABORT:
         stderr.print("aborted", highlight=False)
@@ -67,9 +67,26 @@ def main(argv: list[str] | None = None) -> int:
         stderr.print("interrupted", highlight=False)
         return 130
     except OSError as exc:
-        stderr.print(f"error: {os_error_message(exc)}", highlight=False, markup=False, soft_wrap=True)
+        _error_line(os_error_message(exc))
+        return 2
+    except RecursionError:  # a structure nested past every reader's own limit
+        _error_line("an input is nested too deeply to be read")
+        return 2
+    except Exception as exc:
+        from glipcli.io import write_failure_reason
+
+        reason = write_failure_reason(exc)  # a library's own type for a full disk (SafetensorError, ...)
+        if reason is None:
+            raise
+        _error_line(f"cannot write a file ({reason})")
         return 2
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` as one line, whatever the message holds (a file name with a newline)."""
+    line = " ".join(message.splitlines())
+    stderr.print(f"error: {line}", highlight=False, markup=False, soft_wrap=True)
 
 
 def os_error_message(exc: OSError) -> str:

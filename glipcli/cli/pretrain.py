@@ -10,6 +10,7 @@ import typer
 
 from glipcli.cli.app import app, stderr
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
 
@@ -24,6 +25,7 @@ def pretrain(
              "detection layout. Default: the synthetic world is rendered on the fly from --seed.",
         rich_help_panel=DATA)] = None,
     world_images: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1),
         help="Without --data: scenes in the world's pre-training stream (an epoch). (default: 100000)",
         rich_help_panel=DATA)] = None,
     preset: Annotated[Optional[str], typer.Option(
@@ -32,38 +34,51 @@ def pretrain(
     init: Annotated[Optional[Path], typer.Option(
         help="Start from these weights instead (a glip .safetensors: its architecture comes with it).",
         rich_help_panel=MODEL)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the initialisation, the world, the sample order and "
+    seed: Annotated[Optional[int], typer.Option(callback=ranges.seed,
+                                                help="Seed of the initialisation, the world, the sample order and "
                                                      "every augmentation. (default: 0)", rich_help_panel=RUN)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.", rich_help_panel=LENGTH)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Passes over the data.", rich_help_panel=LENGTH)] = None,
+    steps: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                 help="Optimiser steps.", rich_help_panel=LENGTH)] = None,
+    epochs: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                  help="Passes over the data.", rich_help_panel=LENGTH)] = None,
     minutes: Annotated[Optional[float], typer.Option(
+        callback=ranges.positive,
         help="Wall-clock budget: the run stops cleanly before it and saves. Alone, the schedule's length is set "
              "from the step time measured over the first steps.", rich_help_panel=LENGTH)] = None,
     schedule_steps: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1),
         help="Length of the learning-rate schedule in steps when it differs from --steps (replays a "
              "budgeted run step for step: its export records '--steps N --schedule-steps H').",
         rich_help_panel=LENGTH)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 8)",
+    batch_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                      help="Images per step, over all processes. (default: 8)",
                                                       rich_help_panel=RECIPE)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak AdamW learning rate. (default: 4e-4)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                help="Peak AdamW learning rate. (default: 4e-4)",
                                                 rich_help_panel=RECIPE)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="AdamW weight decay. (default: 0.05)",
+    weight_decay: Annotated[Optional[float], typer.Option(callback=ranges.non_negative,
+                                                          help="AdamW weight decay. (default: 0.05)",
                                                           rich_help_panel=RECIPE)] = None,
     schedule: Annotated[Optional[str], typer.Option(
         help="cosine (to 1% of the peak) or step (x0.1 at 67% and 89%, official). (default: cosine)",
         rich_help_panel=RECIPE)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(help="Linear warm-up steps. (default: 100)",
+    warmup_steps: Annotated[Optional[int], typer.Option(callback=ranges.count(0),
+                                                        help="Linear warm-up steps. (default: 100)",
                                                         rich_help_panel=RECIPE)] = None,
     grounding_ratio: Annotated[Optional[float], typer.Option(
+        callback=ranges.fraction,
         help="Share of samples trained with a grounding caption (the others: a detection prompt). (default: 0.5)",
         rich_help_panel=RECIPE)] = None,
     max_labels: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1),
         help="Category names in a detection prompt at most: the positives plus sampled negatives. (default: 12)",
         rich_help_panel=RECIPE)] = None,
     hard_negatives: Annotated[Optional[float], typer.Option(
+        callback=ranges.fraction,
         help="Share of the negatives drawn among categories sharing a word with a positive. (default: 0.5)",
         rich_help_panel=RECIPE)] = None,
     attribute_labels: Annotated[Optional[float], typer.Option(
+        callback=ranges.fraction,
         help="Share of detection prompts naming the boxes by one attribute ('circle. square.' or 'red. blue.') "
              "instead of the full name, where the data has such labels (the synthetic world). (default: 0.25)",
         rich_help_panel=RECIPE)] = None,
@@ -75,14 +90,18 @@ def pretrain(
                                        "without them (the world never repeats a sample). (default: off)",
         rich_help_panel=RECIPE)] = None,
     checkpoint_minutes: Annotated[Optional[float], typer.Option(
+        callback=ranges.non_negative,
         help="Minutes between checkpoints (0: only at the end). (default: 10)", rich_help_panel=RUN)] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Steps per log line. (default: 10)",
+    log_every: Annotated[Optional[int], typer.Option(callback=ranges.count(1), help="Steps per log line. (default: 10)",
                                                      rich_help_panel=RUN)] = None,
     text_cache: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(0),
         help="Captions whose frozen text features are kept. (default: 1024)", rich_help_panel=RUN)] = None,
-    num_workers: Annotated[Optional[int], typer.Option(help="Data-loading worker processes. (default: 0)",
+    num_workers: Annotated[Optional[int], typer.Option(callback=ranges.count(0),
+                                                       help="Data-loading worker processes. (default: 0)",
                                                        rich_help_panel=RUN)] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's).",
+    threads: Annotated[Optional[int], typer.Option(min=1, callback=ranges.count(1),
+                                                          help="CPU threads for torch (default: torch's).",
                                                    rich_help_panel=RUN)] = None,
     mixed_precision: Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
                                                            rich_help_panel=RUN)] = None,
@@ -103,16 +122,20 @@ def pretrain(
     import torch
 
     # deferred import: keeps `glip --help` fast
-    from glipcli.nano.pretrain import PretrainConfig, Pretrainer, export_weights, read_run
+    from glipcli.nano.pretrain import (PretrainConfig, Pretrainer, check_pretrain_folder, export_weights,
+                                       has_checkpoint, read_run)
 
     output = _run_folder(output, data, resume)
     if threads is not None:
         torch.set_num_threads(threads)
+    if resume:
+        run = read_run(output)
+    check_pretrain_folder(output, resume=resume, inputs=[data, init, export])
     if export is not None:
         # deferred import: keeps `glip --help` fast
-        from glipcli.io import check_writable
+        from glipcli.outputs import OutputGuard
 
-        check_writable(export, overwrite)
+        OutputGuard(overwrite=overwrite, inputs=[data, init]).file(export, "--export")
     given: dict[str, Any] = dict(
         seed=seed, steps=steps, epochs=epochs, minutes=minutes, schedule_steps=schedule_steps,
         batch_size=batch_size, lr=lr,
@@ -122,7 +145,6 @@ def pretrain(
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
     given = {k: v for k, v in given.items() if v is not None}
     if resume:
-        run = read_run(output)
         stored = PretrainConfig.from_dict(run["config"])
         # deferred import: keeps `glip --help` fast
         from glipcli.nano.pretrain import RESUME_FREE
@@ -132,10 +154,20 @@ def pretrain(
                 raise GlipError(f"--resume: the run was started with --{key.replace('_', '-')} {getattr(stored, key)}, "
                                 f"not {value} (a resumed run continues with its own settings)")
         config = dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUME_FREE})
-        source = _resumed_source(run, data, world_images)
+        try:
+            source = _resumed_source(run, data, world_images)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GlipError(f"{output}/run.json: damaged run record (source: {type(exc).__name__} {exc})") from None
         if preset is not None or init is not None:
             raise GlipError("--resume takes the model from the run's checkpoint: leave out --preset and --init")
-        model, text_encoder = _resumed_model(run), run.get("text_encoder")
+        if has_checkpoint(output):
+            model, text_encoder = _resumed_model(run), run.get("text_encoder")
+        else:  # stopped before its first checkpoint: the Pretrainer starts it afresh (and says so)
+            from glipcli.nano.pretrain import build_pretrain_model
+
+            started = run.get("model") or {}
+            model, text_encoder = build_pretrain_model(started.get("preset") or "nano", init=started.get("init"),
+                                                       seed=config.seed)
         run_info = {key: run[key] for key in ("model",) if key in run}
     else:
         config = PretrainConfig(**given)
@@ -211,7 +243,7 @@ def _resumed_source(run: dict, data: Path | None, world_images: int | None):
 
 def _resumed_model(run: dict):
     # deferred import: keeps `glip --help` fast
-    from glipcli.config import GLIPConfig
+    from glipcli.checkpoint import config_from_record
     from glipcli.modeling.glip import GLIP
 
-    return GLIP(GLIPConfig.from_dict(run["model_config"]))
+    return GLIP(config_from_record(run.get("model_config"), "the run's run.json"))

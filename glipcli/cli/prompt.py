@@ -9,6 +9,7 @@ import typer
 
 from glipcli.cli.app import app, stdout
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 prompt_app = typer.Typer(help="Inspect prompts before running a model.", no_args_is_help=True)
 app.add_typer(prompt_app, name="prompt")
@@ -20,8 +21,10 @@ def show(
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", metavar="TEXT",
                                                         help='Class names: "person. bicycle." (repeatable).')] = None,
     classes_file: Annotated[Optional[Path], typer.Option(help="Class names, one per line.")] = None,
-    chunk_size: Annotated[Optional[int], typer.Option(help="At most this many classes per caption.")] = None,
-    max_tokens: Annotated[int, typer.Option(help="The model's token budget ([CLS] and [SEP] included).")] = 256,
+    chunk_size: Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                      help="At most this many classes per caption.")] = None,
+    max_tokens: Annotated[int, typer.Option(callback=ranges.count(3),
+                                            help="The model's token budget ([CLS] and [SEP] included).")] = 256,
 ) -> None:
     """Show each caption the prompt becomes, every phrase's span and wordpieces, and the tokens used."""
     # deferred import: keeps `glip --help` fast

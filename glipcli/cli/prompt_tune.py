@@ -8,6 +8,7 @@ import typer
 
 from glipcli.cli import training_options as opt
 from glipcli.cli.app import app
+from glipcli.cli import ranges
 
 
 @app.command("prompt-tune", short_help="Tune a prompt offset on frozen text features.")
@@ -30,7 +31,8 @@ def prompt_tune(
     epochs: opt.Epochs = None,
     copies: opt.Copies = None,
     batch_size: opt.BatchSize = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate of the offset. (default: 0.05)",
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                help="Learning rate of the offset. (default: 0.05)",
                                                 rich_help_panel=opt.SCHEDULE)] = None,
     weight_decay: opt.WeightDecay = None,
     lr_patience: opt.LrPatience = None,

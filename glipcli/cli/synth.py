@@ -9,6 +9,7 @@ import typer
 
 from glipcli.cli.app import app, stderr, stdout
 from glipcli.errors import GlipError
+from glipcli.cli import ranges
 
 
 def _range(text: str, what: str) -> tuple[int, int]:
@@ -27,10 +28,11 @@ def _range(text: str, what: str) -> tuple[int, int]:
 def synth_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write (train/, valid/, test/, prompts/).",
                                             show_default=False)],
-    seed: Annotated[int, typer.Option(help="World seed: the same seed and options give the same dataset.")] = 0,
-    train: Annotated[int, typer.Option(min=0, help="Images in train/.")] = 1000,
-    valid: Annotated[int, typer.Option(min=0, help="Images in valid/.")] = 100,
-    test: Annotated[int, typer.Option(min=0, help="Images in test/.")] = 100,
+    seed: Annotated[int, typer.Option(callback=ranges.seed,
+                                      help="World seed: the same seed and options give the same dataset.")] = 0,
+    train: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in train/.")] = 1000,
+    valid: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in valid/.")] = 100,
+    test: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Images in test/.")] = 100,
     task: Annotated[str, typer.Option(
         help="pretrain (held-out combinations and shape never drawn), unseen-combos (every image holds "
              "held-out combinations, the only categories), novel-shape (the held-out shape, the only "
@@ -48,7 +50,7 @@ def synth_data(
     classes: Annotated[Optional[list[str]], typer.Option(
         "--class", metavar="NAME", help="Restrict the categories to these names (repeatable); other objects are drawn "
                         "unannotated.", show_default=False)] = None,
-    captions: Annotated[int, typer.Option(min=0, help="Grounding captions per image.")] = 2,
+    captions: Annotated[int, typer.Option(min=0, callback=ranges.count(0), help="Grounding captions per image.")] = 2,
     size: Annotated[str, typer.Option(help="Image width and height range in pixels: N or MIN-MAX.")] = "224-288",
     objects: Annotated[str, typer.Option(help="Objects per image: N or MIN-MAX.")] = "2-6",
     image_format: Annotated[str, typer.Option("--format", help="jpg or png.")] = "jpg",

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from glipcli.cli.app import stderr
+from glipcli.cli import ranges
 from glipcli.errors import GlipError
 
 DATA = "Data"
@@ -46,28 +47,37 @@ Weights = Annotated[Optional[Path], typer.Option(help="Starting weights: officia
                                                  rich_help_panel=MODEL)]
 
 Shots = Annotated[Optional[int], typer.Option(
+    callback=ranges.count(0),
     help="K-shot subset (official protocol: >= K instances per class); 0 = all data. (default: 0)",
     rich_help_panel=SCHEDULE)]
-Seed = Annotated[Optional[int], typer.Option(help="Seed of the few-shot subset, order and augmentation. (default: 3)",
+Seed = Annotated[Optional[int], typer.Option(callback=ranges.seed,
+                                             help="Seed of the few-shot subset, order and augmentation. (default: 3)",
                                              rich_help_panel=SCHEDULE)]
 ValShots = Annotated[Optional[int], typer.Option(
+    callback=ranges.count(0),
     help="K-shot validation subset, as the official few-shot runs (default: --shots; 0 = all).",
     rich_help_panel=SCHEDULE)]
 Epochs = Annotated[Optional[int], typer.Option(
+    callback=ranges.count(1),
     help="Epoch cap (default: official 200; early stopping usually ends sooner).", rich_help_panel=SCHEDULE)]
 Copies = Annotated[Optional[int], typer.Option(
+    callback=ranges.count(1),
     help="Passes over the training images per epoch (official: 8/4/2/1 for 1/3/5/10 shots, 1 for all).",
     rich_help_panel=SCHEDULE)]
-BatchSize = Annotated[Optional[int], typer.Option(help="Images per step, over all processes. (default: 4)",
+BatchSize = Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                  help="Images per step, over all processes. (default: 4)",
                                                   rich_help_panel=SCHEDULE)]
-WeightDecay = Annotated[Optional[float], typer.Option(help="AdamW weight decay.", rich_help_panel=SCHEDULE)]
+WeightDecay = Annotated[Optional[float], typer.Option(callback=ranges.non_negative,
+                                                      help="AdamW weight decay.", rich_help_panel=SCHEDULE)]
 LrPatience = Annotated[Optional[int], typer.Option(
+    callback=ranges.count(0),
     help="Evaluations without a better val AP before the lr drops x0.1 (official 3; 2 with all data).",
     rich_help_panel=SCHEDULE)]
 Patience = Annotated[Optional[int], typer.Option(
-    help="Evaluations without a better val AP before stopping (official 8; 4 with all data).",
+    callback=ranges.count(1), help="Evaluations without a better val AP before stopping (official 8; 4 with all data).",
     rich_help_panel=SCHEDULE)]
-EvalBatchSize = Annotated[Optional[int], typer.Option(help="Images per evaluation batch. (default: 4)",
+EvalBatchSize = Annotated[Optional[int], typer.Option(callback=ranges.count(1),
+                                                      help="Images per evaluation batch. (default: 4)",
                                                       rich_help_panel=SCHEDULE)]
 
 Output = Annotated[Optional[Path], typer.Option(
@@ -78,7 +88,8 @@ Resume = Annotated[bool, typer.Option(help="Continue the run in --output (defaul
 MixedPrecision = Annotated[Optional[str], typer.Option(help="no, bf16 or fp16 (via accelerate). (default: no)",
                                                        rich_help_panel=RUN)]
 Cpu = Annotated[bool, typer.Option(help="Train on the CPU even if a GPU is available.", rich_help_panel=RUN)]
-NumWorkers = Annotated[Optional[int], typer.Option(help="Data-loading worker processes. (default: 0)",
+NumWorkers = Annotated[Optional[int], typer.Option(callback=ranges.count(0),
+                                                   help="Data-loading worker processes. (default: 0)",
                                                    rich_help_panel=RUN)]
 ShowProgress = Annotated[bool, typer.Option(help="Show the progress bar (stderr).", rich_help_panel=RUN)]
 

@@ -24,7 +24,6 @@ files, no images, not a single usable box in the split) is a one-line `GlipError
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -36,7 +35,8 @@ import numpy as np
 from PIL import Image
 
 from glipcli.data.transforms import TRANSPOSING_ORIENTATIONS, exif_orientation, unreadable_image_message
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +141,14 @@ def _read_json(path: Path) -> dict:
         raise GlipError(f"{path}: not UTF-8 text (expected COCO JSON)") from None
     except OSError as exc:
         raise GlipError(f"{path}: cannot read the annotation file ({exc.strerror})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise GlipError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    data = parse_json(text, path, max_depth=None)  # its size is the file's; only the parser's depth limit applies
     if not isinstance(data, dict):
         raise GlipError(f"{path}: not a COCO annotation file (the top level is not an object)")
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise GlipError(f"{path}: not a COCO detection file (no {key!r} list)")
+            raise GlipError(f"{path}: not a COCO detection file (no {excerpt(key)} list)")
         if not isinstance(data[key], list):
-            raise GlipError(f"{path}: {key!r} must be a list, got {type(data[key]).__name__}")
+            raise GlipError(f"{path}: {excerpt(key)} must be a list, got {type(data[key]).__name__}")
     return data
 
 
@@ -228,7 +225,7 @@ def clean_box(bbox: Any, width: int, height: int) -> tuple[np.ndarray | None, bo
         raise ValueError("bbox must be a list [x, y, width, height]")
     values = [_number(v) for v in bbox]
     if any(v is None for v in values):
-        raise ValueError(f"bbox must hold 4 finite numbers, got {bbox!r}")
+        raise ValueError(f"bbox must hold 4 finite numbers, got {excerpt(bbox)}")
     x, y, w, h = values
     outside = x < 0 or y < 0 or x + w > width or y + h > height
     x1, y1 = x, y
@@ -287,9 +284,9 @@ def _images_by_id(data: dict, ann_path: Path) -> dict[Any, dict]:
         if "id" not in entry or not _is_id(entry["id"]):
             raise GlipError(f"{ann_path}: images[{i}] has no 'id'")
         if not isinstance(entry.get("file_name"), str) or not entry["file_name"]:
-            raise GlipError(f"{ann_path}: image {entry['id']!r} has no 'file_name'")
+            raise GlipError(f"{ann_path}: image {excerpt(entry['id'])} has no 'file_name'")
         if entry["id"] in images:
-            raise GlipError(f"{ann_path}: duplicate image id {entry['id']!r}")
+            raise GlipError(f"{ann_path}: duplicate image id {excerpt(entry['id'])}")
         images[entry["id"]] = entry
     return images
 
@@ -308,14 +305,14 @@ def _annotations_by_image(data: dict, images: dict[Any, dict], category_ids: set
             raise GlipError(f"{ann_path}: annotations[{i}] has an 'id' that is not a number or string")
         for key in ("image_id", "category_id", "bbox"):
             if key not in ann:
-                raise GlipError(f"{ann_path}: annotation {ident} has no {key!r}")
+                raise GlipError(f"{ann_path}: annotation {ident} has no {excerpt(key)}")
             if key != "bbox" and not _is_id(ann[key]):
                 raise GlipError(f"{ann_path}: annotation {ident}: {key} must be a number or string, "
                                 f"got {type(ann[key]).__name__}")
         if ann["image_id"] not in images:
-            raise GlipError(f"{ann_path}: annotation {ident} refers to unknown image id {ann['image_id']!r}")
+            raise GlipError(f"{ann_path}: annotation {ident} refers to unknown image id {excerpt(ann['image_id'])}")
         if ann["category_id"] not in category_ids:
-            raise GlipError(f"{ann_path}: annotation {ident} has unknown category id {ann['category_id']!r}")
+            raise GlipError(f"{ann_path}: annotation {ident} has unknown category id {excerpt(ann['category_id'])}")
         used.add(ann["category_id"])
         per_image[ann["image_id"]].append(ann)
     return per_image, used
@@ -333,7 +330,7 @@ def _classes(categories: list[dict], used: set, placeholders: set, reference: Co
         for cat in kept:
             if cat["name"] in named:
                 raise GlipError(f"{ann_path}: categories {named[cat['name']]} and {cat['id']} are both named "
-                                f"{cat['name']!r}; a class name is its prompt, so names must be unique "
+                                f"{excerpt(cat['name'])}; a class name is its prompt, so names must be unique "
                                 "(merge or rename them)")
             named[cat["name"]] = cat["id"]
         classes = [c["name"] for c in kept]
@@ -346,12 +343,12 @@ def _classes(categories: list[dict], used: set, placeholders: set, reference: Co
                 continue
             if cat["id"] not in ref_names:
                 if cat["id"] in used:
-                    raise GlipError(f"{ann_path}: category {cat['id']} {cat['name']!r} is not a category of "
+                    raise GlipError(f"{ann_path}: category {cat['id']} {excerpt(cat['name'])} is not a category of "
                                     f"the training split ({reference.ann_path})")
                 continue
             if ref_names[cat["id"]] != cat["name"]:
-                raise GlipError(f"{ann_path}: category {cat['id']} is {cat['name']!r} here but "
-                                f"{ref_names[cat['id']]!r} in the training split")
+                raise GlipError(f"{ann_path}: category {cat['id']} is {excerpt(cat['name'])} here but "
+                                f"{excerpt(ref_names[cat['id']])} in the training split")
     return classes, category_ids
 
 
@@ -407,7 +404,7 @@ def _check_split(records: list[ImageRecord], missing: list[str], stats: DataStat
     """Refuse a split with missing image files, no images or not a single usable box."""
     if missing:
         raise GlipError(f"{ann_path}: {len(missing)} image file{'s' if len(missing) != 1 else ''} missing from "
-                        f"{image_dir} (e.g. {missing[0]!r})")
+                        f"{image_dir} (e.g. {excerpt(missing[0])})")
     if not records:
         raise GlipError(f"{ann_path}: no images (the {split} split is empty)")
     if stats.boxes == 0:

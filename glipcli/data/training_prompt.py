@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.prompts.encoding import EncodedPrompt, encode_prompt
 from glipcli.prompts.prompt_file import PromptSpec
 
@@ -71,12 +71,12 @@ def dataset_prompt_spec(classes: Sequence[str], spec: PromptSpec | None = None) 
     index = {name: i for i, name in enumerate(classes)}
     unknown = [c.name for c in spec.classes if c.name not in index]
     if unknown:
-        raise GlipError(f"prompt class {unknown[0]!r} is not a category of the dataset "
+        raise GlipError(f"prompt class {excerpt(unknown[0])} is not a category of the dataset "
                         f"(categories: {', '.join(classes)})")
     covered = {c.name for c in spec.classes}
     missing = [name for name in classes if name not in covered]
     if missing:
-        raise GlipError(f"the prompt file has no class for the dataset category {missing[0]!r}; "
+        raise GlipError(f"the prompt file has no class for the dataset category {excerpt(missing[0])}; "
                         "list every category (by its name in the dataset)")
     return spec, [index[c.name] for c in spec.classes]
 
@@ -84,6 +84,7 @@ def dataset_prompt_spec(classes: Sequence[str], spec: PromptSpec | None = None) 
 def build_training_prompt(classes: Sequence[str], max_query_len: int, spec: PromptSpec | None = None
                           ) -> TrainingPrompt:
     spec, spec_labels = dataset_prompt_spec(classes, spec)
+    _refuse_indistinguishable(spec)
     caption = spec.caption()
     encoded = encode_prompt(caption.caption, caption.phrases, max_length=max_query_len)
     if encoded.truncated:
@@ -91,7 +92,7 @@ def build_training_prompt(classes: Sequence[str], max_query_len: int, spec: Prom
                         "texts (a prompt file can give shorter ones)")
     for phrase, tokens in zip(caption.classes, encoded.token_spans):
         if not tokens:
-            raise GlipError(f"class text {phrase.text!r} maps to no token of the caption")
+            raise GlipError(f"class text {excerpt(phrase.text)} maps to no token of the caption")
     pmap = encoded.positive_map
     class_maps = torch.zeros(len(classes), pmap.shape[1], dtype=torch.float32)
     for phrase_index, label in enumerate(spec_labels):
@@ -99,3 +100,16 @@ def build_training_prompt(classes: Sequence[str], max_query_len: int, spec: Prom
     length = encoded.num_tokens
     return TrainingPrompt(spec=spec, encoded=encoded, class_maps=class_maps, phrase_labels=spec_labels,
                           length=length)
+
+
+def _refuse_indistinguishable(spec: PromptSpec) -> None:
+    """Two classes grounded by the same words (categories `rac_coon` and `rac coon` both become
+    "rac coon") would train as one phrase with two labels the model cannot tell apart."""
+    seen: dict[tuple[str, str, str], str] = {}
+    for cls in spec.classes:
+        key = tuple(" ".join((part or "").lower().split()) for part in (cls.prefix, cls.grounded_text, cls.suffix))
+        if key in seen:
+            raise GlipError(f"the classes {excerpt(seen[key])} and {excerpt(cls.name)} are both written "
+                            f"{excerpt(cls.grounded_text.strip())} in the caption: the model could not tell them "
+                            "apart; rename one category, or give each its own text with --prompt-file")
+        seen[key] = cls.name

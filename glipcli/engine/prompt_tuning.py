@@ -34,8 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip, excerpt
+from glipcli.io import atomic_write, parse_json
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures
 from glipcli.prompts.caption import Phrase
@@ -120,12 +120,12 @@ class PromptAdapter:
         """GlipError unless `prompt` is the exact caption (and tokens) the adapter was tuned for."""
         caption = prompt if isinstance(prompt, str) else prompt.caption
         if caption != self.caption:
-            raise GlipError(f"{source} was tuned for the prompt {self.caption!r} and cannot be used with "
-                            f"{caption!r} (its offsets belong to the token positions of that exact caption)")
+            raise GlipError(f"{source} was tuned for the prompt {excerpt(self.caption)} and cannot be used with "
+                            f"{excerpt(caption)} (its offsets belong to the token positions of that exact caption)")
         if not isinstance(prompt, str):
             ids = prompt.input_ids[0, :prompt.num_tokens].tolist()
             if ids != self.input_ids:
-                raise GlipError(f"{source}: the prompt {caption!r} tokenizes differently than when the adapter "
+                raise GlipError(f"{source}: the prompt {excerpt(caption)} tokenizes differently than when the adapter "
                                 "was tuned (a different tokenizer vocabulary?)")
 
     def check_model(self, model: GLIP, source: str = "the adapter") -> None:
@@ -135,8 +135,8 @@ class PromptAdapter:
             raise GlipError(f"{source} has {self.offset.shape[1]}-wide offsets; the model's language width is {width}")
         mine = model_identity(model)
         if mine["config_sha256"] != self.base.get("config_sha256"):
-            raise GlipError(f"{source} was tuned on a {self.base.get('config_name')!r} model with another "
-                            f"architecture than this {mine['config_name']!r} model")
+            raise GlipError(f"{source} was tuned on a {excerpt(self.base.get('config_name'))} model with another "
+                            f"architecture than this {excerpt(mine['config_name'])} model")
         if mine["weights_sha256"] != self.base.get("weights_sha256"):
             raise GlipError(f"{source} was tuned on other weights than this model's (weights hash "
                             f"{self.base.get('weights_sha256', '?')[:12]}, this model {mine['weights_sha256'][:12]})")
@@ -162,7 +162,7 @@ class PromptAdapter:
             for row, mask in zip(input_ids, attention_mask):
                 real = row[: int(mask.sum())].tolist()
                 if real != expected:
-                    raise GlipError(f"{source} was tuned for the prompt {self.caption!r}; it cannot be used "
+                    raise GlipError(f"{source} was tuned for the prompt {excerpt(self.caption)}; it cannot be used "
                                     "with another prompt (its offsets belong to that caption's token positions)")
             return self.apply(output)
 
@@ -211,20 +211,23 @@ def load_adapter(path: str | Path) -> PromptAdapter:
     if metadata.get("format") != ADAPTER_FORMAT or offset is None:
         raise GlipError(f"{path}: not a glip prompt adapter (written by `glip prompt-tune`)")
     if metadata.get("version") != ADAPTER_VERSION:
-        raise GlipError(f"{path}: adapter format version {metadata.get('version')!r} is not supported "
+        raise GlipError(f"{path}: adapter format version {excerpt(metadata.get('version'))} is not supported "
                         f"(this glip reads version {ADAPTER_VERSION})")
     if offset.dim() != 2:
         raise GlipError(f"{path}: the offset must be [positions, width], got {tuple(offset.shape)}")
+    def field(key: str, default: str | None = None):
+        return parse_json(metadata[key] if default is None else metadata.get(key, default), f"{path}: {key}")
+
     try:
-        phrases = [Phrase(str(t), int(s), int(e)) for t, s, e in json.loads(metadata["phrases"])]
+        phrases = [Phrase(str(t), int(s), int(e)) for t, s, e in field("phrases")]
         return PromptAdapter(
-            offset=offset.float(), caption=metadata["caption"],
-            input_ids=[int(i) for i in json.loads(metadata["input_ids"])],
-            phrases=phrases, class_names=[str(n) for n in json.loads(metadata["class_names"])],
-            base=dict(json.loads(metadata["base_model"])), prompt_yaml=metadata.get("prompt_yaml", ""),
-            extra=dict(json.loads(metadata.get("extra", "{}"))))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise GlipError(f"{path}: damaged adapter metadata ({exc})") from None
+            offset=offset.float(), caption=str(metadata["caption"]),
+            input_ids=[int(i) for i in field("input_ids")],
+            phrases=phrases, class_names=[str(n) for n in field("class_names")],
+            base=dict(field("base_model")), prompt_yaml=metadata.get("prompt_yaml", ""),
+            extra=dict(field("extra", "{}")))
+    except (KeyError, ValueError, TypeError, OverflowError) as exc:
+        raise GlipError(f"{path}: damaged adapter metadata ({type(exc).__name__}: {clip(exc, 120)})") from None
 
 
 def adapter_offset_bytes(positions: int, width: int) -> int:

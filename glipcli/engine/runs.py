@@ -12,18 +12,18 @@ from the run's `run.json`; anything given explicitly must agree with them.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glipcli.config import GLIPConfig
+from glipcli.checkpoint import config_from_record
 from glipcli.data.coco import load_coco
 from glipcli.data.dataset_source import resolve_splits
 from glipcli.data.splits import SplitPaths
 from glipcli.engine.train_config import TrainConfig
-from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult
-from glipcli.errors import GlipError
+from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult, check_run_folder, has_checkpoint
+from glipcli.errors import GlipError, clip, excerpt
+from glipcli.io import read_json
 from glipcli.modeling.glip import GLIP
 from glipcli.prompts.prompt_file import PromptSpec
 from glipcli.weights import load_model, resolve_model_source
@@ -66,13 +66,29 @@ def load_training_data(splits: dict[str, SplitPaths]) -> TrainData:
 
 
 def _read_run(output: Path) -> dict[str, Any]:
+    """The run record, checked for the shape `--resume` relies on (any other is one line)."""
     path = output / RUN_FILE
     if not path.is_file():
         raise GlipError(f"{output}: no training run to resume ({RUN_FILE} is missing)")
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise GlipError(f"{path}: damaged ({exc})") from None
+    run = read_json(path, "run record")
+    shape = {"task": str, "config": dict, "model_config": dict, "data": dict, "source": dict}
+    if not isinstance(run, dict):
+        raise GlipError(f"{path}: damaged run record (not a JSON object)")
+    for key, kind in shape.items():
+        if not isinstance(run.get(key), kind):
+            raise GlipError(f"{path}: damaged run record ({excerpt(key)} missing or not a {kind.__name__})")
+    train = run["data"].get("train")
+    if not isinstance(train, dict) or not all(isinstance(train.get(k), str) for k in ("ann", "images")):
+        raise GlipError(f"{path}: damaged run record (no training split)")
+    for split in ("valid", "test"):
+        entry = run["data"].get(split)
+        if entry is not None and not (isinstance(entry, dict)
+                                      and all(isinstance(entry.get(k), str) for k in ("ann", "images"))):
+            raise GlipError(f"{path}: damaged run record (the {split} split)")
+    for key in ("model", "config", "weights", "prompt_file"):
+        if not isinstance(run["source"].get(key), (str, type(None))):
+            raise GlipError(f"{path}: damaged run record (source {excerpt(key)})")
+    return run
 
 
 def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
@@ -83,7 +99,8 @@ def _same_path(a: str | Path | None, b: str | Path | None) -> bool:
 
 def _resumed_request(request: RunRequest, run: dict[str, Any]) -> tuple[RunRequest, TrainConfig]:
     if run.get("task") != request.task:
-        raise GlipError(f"--resume: {request.output} holds a {run.get('task')!r} run, not {request.task!r}")
+        raise GlipError(f"--resume: {request.output} holds a {excerpt(run.get('task'))} run, "
+                        f"not {excerpt(request.task)}")
     stored = TrainConfig.from_dict(run["config"])
     for key, value in request.options.items():
         if value is not None and getattr(stored, key) != value and key != "num_workers":
@@ -124,7 +141,7 @@ def _build_model(request: RunRequest, run: dict[str, Any] | None):
     """The GLIP to train. A resumed full / linear-probe run rebuilds it from its checkpoint's
     config (the trainer then loads the checkpoint weights)."""
     if run is not None and request.task != "prompt":
-        return GLIP(GLIPConfig.from_dict(run["model_config"]))
+        return GLIP(config_from_record(run.get("model_config"), f"{request.output}/{RUN_FILE}"))
     return load_model(resolve_model_source(request.model, request.weights, request.config))
 
 
@@ -132,10 +149,20 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
     """Load the data, prompt and model, then train (or resume) as the request says."""
     output = Path(request.output)
     run = None
+    inputs = [request.train_ann, request.val_ann, request.test_ann, request.prompt_file, request.weights,
+              request.config, request.data]
     if request.resume:
         run = _read_run(output)
-        request, config = _resumed_request(request, run)
+        check_run_folder(output, resume=True, inputs=inputs)
+        try:
+            request, config = _resumed_request(request, run)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise GlipError(f"{output / RUN_FILE}: damaged run record "
+                            f"({type(exc).__name__}: {clip(exc, 120)})") from None
+        if not has_checkpoint(output):
+            run = None  # stopped before its first checkpoint: the Trainer starts it afresh (and says so)
     else:
+        check_run_folder(output, inputs=inputs)
         config = TrainConfig(task=request.task, **{k: v for k, v in request.options.items() if v is not None})
     splits = resolve_splits(request.data, train_ann=request.train_ann, train_images=request.train_images,
                             val_ann=request.val_ann, val_images=request.val_images,

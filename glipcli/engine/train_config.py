@@ -18,16 +18,18 @@ Probing"; solver defaults of `maskrcnn_benchmark/config/defaults.py`):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from glipcli.data.fewshot import default_patience, default_schedule
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 
 TASKS = ("full", "linear-probe", "prompt")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 # Settings that may differ when a run is resumed (they do not change what is computed).
 RESUME_FREE = ("num_workers",)
+MAX_SEED = 2**32 - 1  # every generator seeded from it (torch, Python) takes it
 
 
 @dataclass(frozen=True)
@@ -59,15 +61,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
-            raise GlipError(f"unknown training task {self.task!r}; choose one of {', '.join(TASKS)}")
+            raise GlipError(f"unknown training task {excerpt(self.task)}; choose one of {', '.join(TASKS)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise GlipError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)} "
-                            f"(got {self.mixed_precision!r})")
+                            f"(got {excerpt(self.mixed_precision)})")
         for name in ("shots", "seed", "batch_size", "epochs", "copies", "val_shots", "lr_patience",
                      "stop_patience", "freeze_swin_stages", "eval_batch_size", "num_workers"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise GlipError(f"{_flag(name)} must be a whole number (got {value!r})")
+                raise GlipError(f"{_flag(name)} must be a whole number (got {excerpt(value)})")
         for name, low in (("shots", 0), ("batch_size", 1), ("epochs", 1), ("copies", 1), ("val_shots", 0),
                           ("lr_patience", 0), ("stop_patience", 1), ("eval_batch_size", 1), ("num_workers", 0)):
             value = getattr(self, name)
@@ -76,8 +78,11 @@ class TrainConfig:
         for name in ("lr", "language_lr", "weight_decay", "grad_clip", "lr_factor", "min_lr", "bias_lr_factor",
                      "bias_weight_decay"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-                raise GlipError(f"{_flag(name)} must be a number >= 0 (got {value!r})")
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not math.isfinite(value) or value < 0):
+                raise GlipError(f"{_flag(name)} must be a finite number >= 0 (got {excerpt(value)})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise GlipError(f"--seed must be a whole number from 0 to {MAX_SEED} (got {self.seed})")
 
     def resolved(self) -> "TrainConfig":
         """Every None replaced by its official default."""

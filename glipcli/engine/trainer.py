@@ -58,17 +58,19 @@ from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
 from glipcli.engine import training_state as ckpt
+from glipcli.engine.divergence import DivergenceCheck, check_finite
 from glipcli.engine.evaluate import evaluate
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, load_adapter, model_identity
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, clip, excerpt
 from glipcli.evaluation.metrics import DetectionMetrics
-from glipcli.io import atomic_write
+from glipcli.io import atomic_write, finite_or_null, json_text
 from glipcli.losses import GLIPLoss
 from glipcli.modeling.glip import GLIP, GLIPOutputs
+from glipcli.outputs import OutputGuard
 from glipcli.prompts.prompt_file import PromptSpec
 
 RUN_FILE = "run.json"
@@ -77,6 +79,22 @@ LOG_FILE = "log.jsonl"
 PROMPT_FILE = "prompt.yaml"
 BEST_MODEL = "model_best.safetensors"
 BEST_ADAPTER = "adapter_best.safetensors"
+
+
+RUN_FOLDER_FILES = (RUN_FILE, PROMPT_FILE, LOG_FILE, METRICS_FILE, BEST_MODEL, BEST_ADAPTER, ckpt.CHECKPOINTS)
+
+
+def check_run_folder(output: str | Path, resume: bool = False, inputs=(), option: str = "--output") -> None:
+    """Check, before anything is loaded, every file a training run writes into `output`
+    (`glipcli.outputs.OutputGuard.run_folder`): without `resume`, none may exist; none may be an
+    input (e.g. `--prompt-file OUTPUT/prompt.yaml`)."""
+
+    OutputGuard(inputs=inputs).run_folder(output, RUN_FOLDER_FILES, option, resume=resume, what="training run")
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    """Whether a run folder holds a complete checkpoint to resume from."""
+    return ckpt.latest(Path(output)) is not None
 
 
 @dataclass
@@ -168,28 +186,28 @@ class Trainer:
         self.is_prompt = self.config.task == "prompt"
         self._at_step_boundary = False  # the state matches the weights (a checkpoint may be taken)
         self._interrupt = GracefulInterrupt(self._say)
+        self._divergence = DivergenceCheck()
+        self._restarted = False  # --resume of a run that stopped before its first checkpoint
 
     # -- set-up ---------------------------------------------------------------------------------
     def _check_output_dir(self) -> None:
+        """The run folder's files are the run's own: a new run refuses a folder holding any of
+        them (a user's own prompt.yaml or log.jsonl included); `--resume` continues from the
+        latest checkpoint, or starts afresh, saying so, a run stopped before its first one."""
         out = self.output_dir
-        if self.resume:
-            if ckpt.latest(out) is None:
-                raise GlipError(f"{out}: no checkpoint to resume (checkpoints/{ckpt.LATEST} is missing)")
-            return
-        if out.exists() and not out.is_dir():
-            raise GlipError(f"{out}: exists and is not a folder")
-        taken = [name for name in (RUN_FILE, METRICS_FILE, ckpt.CHECKPOINTS, BEST_MODEL, BEST_ADAPTER)
-                 if (out / name).exists()]
-        if taken:
-            raise GlipError(f"{out}: already holds a training run ({taken[0]}); pass --resume to continue it "
-                            "or choose another --output")
+        if self.resume and ckpt.latest(out) is None:
+            if not (out / RUN_FILE).is_file():
+                raise GlipError(f"{out}: no training run to resume ({RUN_FILE} is missing)")
+            self.resume = False
+            self._restarted = True
+        check_run_folder(out, resume=self.resume or self._restarted)
 
     def _log(self, event: str, **fields: Any) -> None:
         if not self.accelerator.is_main_process:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
         with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json_text(finite_or_null(record), self.output_dir / LOG_FILE, default=_json_default) + "\n")
 
     def _say(self, text: str) -> None:
         if self.accelerator.is_main_process:
@@ -203,6 +221,7 @@ class Trainer:
         self.prompt: TrainingPrompt = build_training_prompt(train.classes, model_cfg.language.max_query_len,
                                                             self.prompt_spec)
         self.train_indices = few_shot_indices([r.labels for r in train.images], cfg.shots, cfg.seed)
+        self._warn_short_classes(train, cfg.shots)
         self.val_indices = None
         if self.data.val is not None and cfg.val_shots:
             self.val_indices = few_shot_indices([r.labels for r in self.data.val.images], cfg.val_shots, cfg.seed)
@@ -236,6 +255,21 @@ class Trainer:
         device = acc.device
         self.input_ids = self.prompt.input_ids.to(device)
         self.attention_mask = self.prompt.attention_mask.to(device)
+
+    def _warn_short_classes(self, train: CocoDetectionData, shots: int) -> None:
+        """A K-shot request a class cannot meet (fewer than K training images show it) trains on
+        what there is, with a warning naming the classes."""
+        if not shots:
+            return
+        shown = [0] * len(train.classes)
+        for index in self.train_indices:
+            for label in {int(c) for c in train.images[index].labels}:
+                shown[label] += 1
+        short = [f"{excerpt(name)} ({n})" for name, n in zip(train.classes, shown) if n < shots]
+        if short:
+            more = f", ... ({len(short)} classes)" if len(short) > 5 else ""
+            self._say(f"warning: --shots {shots}: fewer than {shots} training images show "
+                      + ", ".join(short[:5]) + more + "; they train on all they have")
 
     # -- files -------------------------------------------------------------------------------------
     def _glip(self) -> GLIP:
@@ -285,6 +319,7 @@ class Trainer:
     def _save_best(self) -> None:
         if not self.accelerator.is_main_process:
             return
+        check_finite(self.trainable, "the best model")
         if self.is_prompt:
             self._adapter().save(self.output_dir / BEST_ADAPTER)
         else:
@@ -308,12 +343,13 @@ class Trainer:
             "test": None if test is None else _test_entry(test),
         }
         if self.accelerator.is_main_process:
-            text = json.dumps(metrics, indent=2, default=_json_default) + "\n"
+            text = json_text(metrics, self.output_dir / METRICS_FILE, indent=2, default=_json_default) + "\n"
             atomic_write(self.output_dir / METRICS_FILE, lambda p: p.write_text(text))
         return metrics
 
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
+        check_finite(self.trainable, "the checkpoint")
         name = ckpt.checkpoint_name(self.state.epoch, self.state.step)
         if acc.is_main_process:
             tmp = ckpt.prepare_temporary(self.output_dir, name)
@@ -357,8 +393,8 @@ class Trainer:
             raise GlipError(f"--resume: the run used {saved.get('processes')} processes, this one {acc.num_processes} "
                             "(the batch order depends on it)")
         if saved.get("caption") != self.prompt.caption:
-            raise GlipError(f"--resume: the run was trained with the caption {saved.get('caption')!r}, "
-                            f"not {self.prompt.caption!r} (different classes or prompt file)")
+            raise GlipError(f"--resume: the run was trained with the caption {excerpt(saved.get('caption'))}, "
+                            f"not {excerpt(self.prompt.caption)} (different classes or prompt file)")
         if saved.get("train_images") != len(self.train_indices):
             raise GlipError("--resume: the training data differ from the run's "
                             f"({saved.get('train_images')} training images then, {len(self.train_indices)} now)")
@@ -390,12 +426,19 @@ class Trainer:
         torch.manual_seed(self.config.seed + acc.process_index)
         self._setup()
         if self.resume:
-            self._load_checkpoint()
+            try:
+                self._load_checkpoint()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a state of another shape
+                raise GlipError(f"{ckpt.latest(self.output_dir)}: damaged checkpoint ({type(exc).__name__}: "
+                                f"{clip(exc, 120)}); delete checkpoints/ to start the run afresh") from None
             if self.state.finished:
                 raise GlipError(f"{self.output_dir}: this run has finished (see {METRICS_FILE}); nothing to resume")
             self._log("resume", epoch=self.state.epoch, step=self.state.step, global_step=self.state.global_step)
             self._say(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
         else:
+            if self._restarted:
+                self._say(f"note: {self.output_dir} holds no checkpoint yet (the run stopped before its first one): "
+                          "starting it afresh with its own settings")
             self._start_files()
         self._interrupt.install(self.accelerator.num_processes)
         try:
@@ -417,7 +460,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return
         record = self._run_record()
-        text = json.dumps(record, indent=2, default=_json_default) + "\n"
+        text = json_text(record, self.output_dir / RUN_FILE, indent=2, default=_json_default) + "\n"
         atomic_write(self.output_dir / RUN_FILE, lambda p: p.write_text(text))
         header = (f"The caption glip {self.config.task} trained with. Detect with it:\n"
                   f"  glip detect IMAGES --prompt-file {PROMPT_FILE} --weights ...")
@@ -497,6 +540,9 @@ class Trainer:
         else:
             norm = torch.tensor(0.0)
         finite = bool(torch.isfinite(torch.as_tensor(norm)).all()) and bool(torch.isfinite(total.detach()))
+        loss_finite = bool(torch.isfinite(total.detach()))  # fp16: the grad scaler's overflow steps are normal
+        self._divergence.step(finite if acc.mixed_precision != "fp16" else loss_finite, self.state.global_step + 1,
+                              float(total.detach()))
         if finite or acc.mixed_precision == "fp16":  # fp16: the grad scaler skips bad steps itself
             self.optimizer.step()
         else:

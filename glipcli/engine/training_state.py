@@ -17,20 +17,24 @@ last. An interruption at any moment leaves the previous checkpoint intact and po
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip, excerpt
+from glipcli.io import atomic_write, json_text, parse_json, read_json
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.safetensors"
 STATE_FORMAT = "glipcli-train-state"
+
+
+_CHECKPOINT_NAME = re.compile(r"(epoch-\d+-)?step-\d+")  # fine-tuning and pre-training names; no path parts
 
 
 def checkpoint_name(epoch: int, step: int) -> str:
@@ -110,6 +114,8 @@ def load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
 
 def save_state(path: Path, state: dict[str, Any], optimizer_state: dict) -> None:
     tensors, layout = optimizer_to_tensors(optimizer_state)
+    # Internal state read back only by `load_state` (Python's JSON): the schedules' initial best
+    # values are -inf, which this encoding keeps exactly.
     metadata = {"format": STATE_FORMAT, "state": json.dumps(state), "optimizer": json.dumps(layout)}
     save_tensors(path, tensors, metadata)
 
@@ -120,9 +126,13 @@ def load_state(path: Path) -> tuple[dict[str, Any], dict]:
     if metadata.get("format") != STATE_FORMAT:
         raise GlipError(f"{path}: not a glip training-state file")
     try:
-        return json.loads(metadata["state"]), optimizer_from_tensors(tensors, json.loads(metadata["optimizer"]))
-    except (KeyError, ValueError) as exc:
-        raise GlipError(f"{path}: damaged training state ({exc})") from None
+        state = parse_json(metadata["state"], f"{path}: training state")
+        optimizer = optimizer_from_tensors(tensors, parse_json(metadata["optimizer"], f"{path}: optimiser layout"))
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise GlipError(f"{path}: damaged training state ({type(exc).__name__}: {clip(exc, 120)})") from None
+    if not isinstance(state, dict):
+        raise GlipError(f"{path}: damaged training state (not an object)")
+    return state, optimizer
 
 
 def temporary_dir(root: Path, name: str) -> Path:
@@ -144,7 +154,7 @@ def commit(root: Path, name: str, info: dict[str, Any]) -> Path:
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    text = json.dumps({"name": name, **info}, indent=2) + "\n"
+    text = json_text({"name": name, **info}, folder / LATEST, indent=2) + "\n"
     atomic_write(folder / LATEST, lambda p: p.write_text(text))
     for other in folder.iterdir():
         if other.is_dir() and other.name != name:
@@ -157,10 +167,10 @@ def latest(root: Path) -> Path | None:
     pointer = root / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    try:
-        name = json.loads(pointer.read_text())["name"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise GlipError(f"{pointer}: damaged ({exc})") from None
+    record = read_json(pointer, "checkpoint pointer")
+    name = record.get("name") if isinstance(record, dict) else None
+    if not isinstance(name, str) or not _CHECKPOINT_NAME.fullmatch(name):
+        raise GlipError(f"{pointer}: damaged (no valid checkpoint name; it names {excerpt(name)})")
     folder = root / CHECKPOINTS / name
     if not (folder / STATE_FILE).is_file() or not (folder / MODEL_FILE).is_file():
         raise GlipError(f"{folder}: incomplete checkpoint (model or state file missing)")

@@ -52,9 +52,10 @@ from glipcli.engine.evaluate import evaluate
 from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainer import TrainData, Trainer
 from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.io import atomic_write, json_text
 from glipcli.nano.synthetic import CategoryScheme, write_coco_dataset
 from glipcli.nano.synthetic.writer import MANIFEST_FILE
+from glipcli.outputs import OutputGuard
 from glipcli.prompts.prompt_file import PromptSpec
 
 SETS = ("unseen-combos", "novel-shape", "seen-shapes")
@@ -191,7 +192,7 @@ class _Cells:
         start = time.perf_counter()
         result = compute()
         result["seconds"] = round(time.perf_counter() - start, 2)
-        text = json.dumps(result, indent=2) + "\n"
+        text = json_text(result, path, indent=2) + "\n"
         atomic_write(path, lambda p: p.write_text(text))
         return result
 
@@ -242,7 +243,10 @@ class _Cells:
 
 
 def _check_run(out: Path, identity: dict[str, Any]) -> None:
+
     path = out / RUN_FILE
+    OutputGuard().run_folder(out, (RUN_FILE, CELLS_DIR, "results.json", "results.md"), "--output",
+                             resume=path.is_file(), what="benchmark run")
     if path.is_file():
         try:
             stored = json.loads(path.read_text(encoding="utf-8"))
@@ -360,8 +364,8 @@ def rich_table(report: SyntheticReport):
 
 def write_results(out: Path, report: SyntheticReport) -> list[Path]:
     data = {"model": report.model, "rows": [asdict(r) for r in report.rows], "cells": report.cells}
-    text = json.dumps(data, indent=2) + "\n"
     json_path, md_path = out / "results.json", out / "results.md"
+    text = json_text(data, json_path, indent=2) + "\n"
     atomic_write(json_path, lambda p: p.write_text(text))
     md = markdown(report)
     atomic_write(md_path, lambda p: p.write_text(md))

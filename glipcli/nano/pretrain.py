@@ -65,10 +65,11 @@ from glipcli.checkpoint import config_metadata, load_checkpoint, save_safetensor
 from glipcli.config import get_preset
 from glipcli.data.epoch_batches import EpochBatches
 from glipcli.engine import training_state as ckpt
+from glipcli.engine.divergence import DivergenceCheck, check_finite
 from glipcli.engine.process import GracefulInterrupt, make_accelerator
 from glipcli.engine.trainable import param_groups
-from glipcli.errors import GlipError
-from glipcli.io import atomic_write
+from glipcli.errors import GlipError, clip
+from glipcli.io import atomic_write, finite_or_null, json_text, read_json
 from glipcli.losses import GLIPLoss, TrainTarget
 from glipcli.modeling.glip import GLIP, GLIPOutputs
 from glipcli.modeling.language import TextFeatures
@@ -76,11 +77,13 @@ from glipcli.nano.minilm import (MINILM_L6, PACKAGE, PACKAGE_VERSION, WEIGHTS_SH
                                  locate_minilm, minilm_available, minilm_state_dict, without_text_encoder)
 from glipcli.nano.pretrain_data import (PretrainBatch, PretrainCollate, PretrainDataset, PretrainSource, TextSettings,
                                         with_steps)
+from glipcli.outputs import OutputGuard
 from glipcli.weights import ModelSource, load_model
 
 RUN_FILE = "run.json"
 LOG_FILE = "log.jsonl"
 FINAL_MODEL = "model.safetensors"
+RUN_FOLDER_FILES = (RUN_FILE, LOG_FILE, FINAL_MODEL, ckpt.CHECKPOINTS)
 SCHEDULES = ("cosine", "step")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 STEP_MILESTONES = (0.67, 0.89)  # official GLIP pre-training SOLVER.STEPS, as fractions of the run
@@ -142,6 +145,8 @@ class PretrainConfig:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise GlipError(f"{_flag(name)} must be a number >= 0 (got {value!r})")
+        if self.seed is not None and self.seed > 2**32 - 1:
+            raise GlipError(f"--seed must be a whole number from 0 to {2**32 - 1} (got {self.seed})")
         if self.minutes is not None and self.minutes <= 0:
             raise GlipError(f"--minutes must be more than 0 (got {self.minutes})")
         if self.schedule not in SCHEDULES:
@@ -398,6 +403,8 @@ class Pretrainer:
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config.mixed_precision, cpu)
         self.state = PretrainState()
         self._interrupt = GracefulInterrupt(self._say)
+        self._divergence = DivergenceCheck()
+        self._restarted = False  # --resume of a run that stopped before its first checkpoint
         self._at_step_boundary = False
 
     # -- files ---------------------------------------------------------------------------------------
@@ -410,24 +417,23 @@ class Pretrainer:
             return
         record = {"event": event, "time": round(time.time(), 3), **fields}
         with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.write(json_text(finite_or_null(record), self.output_dir / LOG_FILE, default=_json_default) + "\n")
 
     def _say(self, text: str) -> None:
         if self.main:
             self.console.print(text, highlight=False, markup=False, soft_wrap=True)
 
     def _check_output_dir(self) -> None:
+        """As the fine-tuning runs (`glipcli.engine.trainer.check_run_folder`): a new run refuses a
+        folder holding any file it writes; `--resume` of a run stopped before its first checkpoint
+        starts it afresh, saying so."""
         out = self.output_dir
-        if self.resume:
-            if ckpt.latest(out) is None:
-                raise GlipError(f"{out}: no checkpoint to resume (checkpoints/{ckpt.LATEST} is missing)")
-            return
-        if out.exists() and not out.is_dir():
-            raise GlipError(f"{out}: exists and is not a folder")
-        taken = [n for n in (RUN_FILE, ckpt.CHECKPOINTS, FINAL_MODEL) if (out / n).exists()]
-        if taken:
-            raise GlipError(f"{out}: already holds a pre-training run ({taken[0]}); pass --resume to continue "
-                            "it or choose another --output")
+        if self.resume and ckpt.latest(out) is None:
+            if not (out / RUN_FILE).is_file():
+                raise GlipError(f"{out}: no pre-training run to resume ({RUN_FILE} is missing)")
+            self.resume = False
+            self._restarted = True
+        check_pretrain_folder(out, resume=self.resume or self._restarted)
 
     def run_record(self) -> dict[str, Any]:
         return {"kind": "glip-pretrain", "config": self.config.to_dict(),
@@ -473,6 +479,7 @@ class Pretrainer:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save_checkpoint(self) -> None:
         acc = self.accelerator
+        check_finite(self.trainable, "the checkpoint")
         start = time.perf_counter()
         name = f"step-{self.state.global_step:07d}"
         if self.main:
@@ -530,13 +537,20 @@ class Pretrainer:
         torch.manual_seed(self.config.seed + acc.process_index)
         self._setup()
         if self.resume:
-            self._load_checkpoint()
+            try:
+                self._load_checkpoint()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a state of another shape
+                raise GlipError(f"{ckpt.latest(self.output_dir)}: damaged checkpoint ({type(exc).__name__}: "
+                                f"{clip(exc, 120)}); delete checkpoints/ to start the run afresh") from None
             if self.state.finished:
                 self._say(f"{self.output_dir}: pre-training has finished ({self.state.stop_reason}); nothing to resume")
                 return self._result()
             self._log("resume", global_step=self.state.global_step, train_seconds=self.state.train_seconds)
             self._say(f"resuming at step {self.state.global_step}")
         else:
+            if self._restarted:
+                self._say(f"note: {self.output_dir} holds no checkpoint yet (the run stopped before its first one): "
+                          "starting it afresh with its own settings")
             self._start_files()
         self._session_start = self.clock()
         self._session_seconds_before = self.state.train_seconds
@@ -562,7 +576,7 @@ class Pretrainer:
     def _start_files(self) -> None:
         if not self.main:
             return
-        text = json.dumps(self.run_record(), indent=2, default=_json_default) + "\n"
+        text = json_text(self.run_record(), self.output_dir / RUN_FILE, indent=2, default=_json_default) + "\n"
         atomic_write(self.output_dir / RUN_FILE, lambda p: p.write_text(text))
         cfg = self.config
         trainable = sum(p.numel() for p in self.trainable)
@@ -713,6 +727,9 @@ class Pretrainer:
         acc.backward(total)
         norm = acc.clip_grad_norm_(self.trainable, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
         finite = bool(torch.isfinite(torch.as_tensor(norm)).all()) and bool(torch.isfinite(total.detach()))
+        loss_finite = bool(torch.isfinite(total.detach()))  # fp16: the grad scaler's overflow steps are normal
+        self._divergence.step(finite if acc.mixed_precision != "fp16" else loss_finite, self.state.global_step + 1,
+                              float(total.detach()))
         if finite or acc.mixed_precision == "fp16":
             self.optimizer.step()
         else:
@@ -807,15 +824,28 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def check_pretrain_folder(output: str | Path, resume: bool = False, inputs=()) -> None:
+    """Check every file a pre-training run writes into `output`, before anything is loaded
+    (`glipcli.outputs.OutputGuard.run_folder`)."""
+
+    OutputGuard(inputs=inputs).run_folder(output, RUN_FOLDER_FILES, "--output", resume=resume,
+                                          what="pre-training run")
+
+
+def has_checkpoint(output: str | Path) -> bool:
+    return ckpt.latest(Path(output)) is not None
+
+
 def read_run(output: Path) -> dict[str, Any]:
+    """The run record of a pre-training run, checked for the shape `--resume` relies on."""
+
     path = Path(output) / RUN_FILE
     if not path.is_file():
         raise GlipError(f"{output}: no pre-training run to resume ({RUN_FILE} is missing)")
-    try:
-        run = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise GlipError(f"{path}: damaged ({exc})") from None
-    if run.get("kind") != "glip-pretrain":
+    run = read_json(path, "run record")
+    if not isinstance(run, dict) or run.get("kind") != "glip-pretrain":
         raise GlipError(f"{path}: not a glip pre-training run")
+    for key in ("config", "model_config", "source"):
+        if not isinstance(run.get(key), dict):
+            raise GlipError(f"{path}: damaged run record ({key!r} missing or not an object)")
     return run
-

@@ -56,7 +56,7 @@ from glipcli.config import InputConfig
 from glipcli.data.coco import clean_box, load_coco
 from glipcli.data.train_transforms import TrainTransform, train_min_sizes
 from glipcli.data.transforms import batch_images, load_image
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
 from glipcli.nano.synthetic import CategoryScheme, SyntheticWorld, task_categories
 from glipcli.prompts.caption import Phrase, detection_caption
 from glipcli.prompts.encoding import encode_prompt
@@ -217,7 +217,7 @@ class CocoGroundingSource:
                 record = by_image_id.get(entry.get("original_img_id", entry["id"]))
                 if record is None:
                     raise GlipError(f"{path}: caption {entry['id']} names image "
-                                    f"{entry.get('original_img_id')!r}, which is not in {self.data.ann_path}")
+                                    f"{excerpt(entry.get('original_img_id'))}, which is not in {self.data.ann_path}")
                 text = entry["caption"]
                 if "phrases" in entry:
                     spans = tuple((int(p["start"]), int(p["end"])) for p in entry["phrases"])

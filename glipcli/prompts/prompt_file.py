@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from glipcli.errors import GlipError
+from glipcli.errors import GlipError, excerpt
+from glipcli.io import parse_yaml
 from glipcli.prompts.caption import EVAL_SEPARATOR, Phrase, prompted_caption
 
 SHORT_FORM_SEPARATOR = ","
@@ -83,10 +84,10 @@ class ClassPrompt:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
-            raise GlipError(f"class name must be a string, got {type(self.name).__name__} {self.name!r}")
+            raise GlipError(f"class name must be a string, got {type(self.name).__name__} {excerpt(self.name)}")
         if not self.name.strip():
             raise GlipError("a class name is empty or only whitespace")
-        label = f"class {self.name!r}"
+        label = f"class {excerpt(self.name)}"
         if self.text is not None:
             if not isinstance(self.text, str):
                 raise GlipError(f"{label}: text must be a string, got {type(self.text).__name__}")
@@ -97,7 +98,7 @@ class ClassPrompt:
                 raise GlipError(f"{label}: {key} must be a string, got {type(getattr(self, key)).__name__}")
         if self.threshold is not None:
             if not _is_number(self.threshold) or math.isnan(self.threshold):
-                raise GlipError(f"{label}: threshold must be a number in [0, 1], got {self.threshold!r}")
+                raise GlipError(f"{label}: threshold must be a number in [0, 1], got {excerpt(self.threshold)}")
             if not 0.0 <= self.threshold <= 1.0:
                 raise GlipError(f"{label}: threshold {self.threshold} is outside [0, 1]")
             object.__setattr__(self, "threshold", float(self.threshold))
@@ -116,14 +117,14 @@ class ClassPrompt:
         string: `"pothole, a dark hole"` -> name `"pothole"`, suffix `", a dark hole"`.
         """
         if not isinstance(written, str):
-            raise GlipError(f"a class must be written as a string, got {type(written).__name__} {written!r}")
+            raise GlipError(f"a class must be written as a string, got {type(written).__name__} {excerpt(written)}")
         written = written.strip()
         comma = written.find(SHORT_FORM_SEPARATOR)
         if comma < 0:
             return cls(name=written)
         name = written[:comma].rstrip()
         if not name:
-            raise GlipError(f"class {written!r}: no name before the comma")
+            raise GlipError(f"class {excerpt(written)}: no name before the comma")
         return cls(name=name, suffix=written[len(name):])
 
     def short_form(self) -> str | None:
@@ -187,11 +188,12 @@ class PromptSpec:
             raise GlipError("no classes given: the prompt needs at least one class")
         for i, cls in enumerate(self.classes):
             if not isinstance(cls, ClassPrompt):
-                raise GlipError(f"class #{i + 1} is not a ClassPrompt: {cls!r}")
+                raise GlipError(f"class #{i + 1} is not a ClassPrompt: {excerpt(cls)}")
         seen: dict[str, int] = {}
         for i, cls in enumerate(self.classes):
             if cls.name in seen:
-                raise GlipError(f"duplicate class name {cls.name!r} (classes #{seen[cls.name] + 1} and #{i + 1})")
+                raise GlipError(f"duplicate class name {excerpt(cls.name)} "
+                                f"(classes #{seen[cls.name] + 1} and #{i + 1})")
             seen[cls.name] = i
         if isinstance(self.suppress, (str, bytes)) or not isinstance(self.suppress, Sequence):
             raise GlipError("suppress must be a list of phrases")
@@ -199,13 +201,14 @@ class PromptSpec:
         grounded = {cls.grounded_text for cls in self.classes} | set(seen)
         for j, phrase in enumerate(self.suppress):
             if not isinstance(phrase, str):
-                raise GlipError(f"suppression phrase #{j + 1} must be a string, got {type(phrase).__name__} {phrase!r}")
+                raise GlipError(f"suppression phrase #{j + 1} must be a string, "
+                                f"got {type(phrase).__name__} {excerpt(phrase)}")
             if not phrase.strip():
                 raise GlipError(f"suppression phrase #{j + 1} is empty or only whitespace")
             if phrase in grounded:
-                raise GlipError(f"suppression phrase {phrase!r} is also a class: a phrase cannot be both")
+                raise GlipError(f"suppression phrase {excerpt(phrase)} is also a class: a phrase cannot be both")
             if phrase in self.suppress[:j]:
-                raise GlipError(f"duplicate suppression phrase {phrase!r}")
+                raise GlipError(f"duplicate suppression phrase {excerpt(phrase)}")
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -252,14 +255,7 @@ class PromptSpec:
 
     @classmethod
     def from_yaml_text(cls, text: str, source: str = "prompt file") -> "PromptSpec":
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            line = f" (line {where.line + 1})" if where is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise GlipError(f"{source}: not valid YAML: {problem}{line}") from None
-        return cls.from_dict(data, source)
+        return cls.from_dict(parse_yaml(text, source), source)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PromptSpec":
@@ -356,7 +352,7 @@ def _type_name(value: Any) -> str:
 def _check_keys(data: Mapping, allowed: Sequence[str], where: str) -> None:
     for key in data:
         if key not in allowed:
-            raise GlipError(f"{where}unknown key {key!r} (allowed: {', '.join(allowed)})")
+            raise GlipError(f"{where}unknown key {excerpt(key)} (allowed: {', '.join(allowed)})")
 
 
 def _class_from_mapping(entry: Mapping, where: str) -> ClassPrompt:
@@ -366,10 +362,12 @@ def _class_from_mapping(entry: Mapping, where: str) -> ClassPrompt:
     for key in ("name", "text", "prefix", "suffix"):
         if key in entry and not isinstance(entry[key], str) and not (key == "text" and entry[key] is None):
             hint = " (quote it)" if _is_number(entry[key]) or isinstance(entry[key], bool) else ""
-            raise GlipError(f"{where}{key} must be a string, got {_type_name(entry[key])} {entry[key]!r}{hint}")
+            raise GlipError(f"{where}{key} must be a string, "
+                            f"got {_type_name(entry[key])} {excerpt(entry[key])}{hint}")
     threshold = entry.get("threshold")
     if threshold is not None and not _is_number(threshold):
-        raise GlipError(f"{where}threshold must be a number in [0, 1], got {_type_name(threshold)} {threshold!r}")
+        raise GlipError(f"{where}threshold must be a number in [0, 1], "
+                        f"got {_type_name(threshold)} {excerpt(threshold)}")
     kwargs = {f.name: entry[f.name] for f in fields(ClassPrompt) if f.name in entry}
     try:
         return ClassPrompt(**kwargs)
@@ -401,7 +399,7 @@ def _spec_from_data(data: Any) -> PromptSpec:
         else:
             hint = " (quote it)" if _is_number(entry) or isinstance(entry, bool) else ""
             raise GlipError(f"{where}must be a class name or a mapping with 'name', "
-                            f"got {_type_name(entry)} {entry!r}{hint}")
+                            f"got {_type_name(entry)} {excerpt(entry)}{hint}")
     suppress = data.get("suppress", [])
     if suppress is None:
         suppress = []
@@ -409,5 +407,5 @@ def _spec_from_data(data: Any) -> PromptSpec:
         raise GlipError(f"'suppress' must be a list of phrases, got {_type_name(suppress)}")
     for j, phrase in enumerate(suppress):
         if not isinstance(phrase, str):
-            raise GlipError(f"suppress[{j}]: must be a string, got {_type_name(phrase)} {phrase!r}")
+            raise GlipError(f"suppress[{j}]: must be a string, got {_type_name(phrase)} {excerpt(phrase)}")
     return PromptSpec(classes=classes, suppress=suppress)

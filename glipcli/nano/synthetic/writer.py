@@ -35,10 +35,12 @@ from pathlib import Path
 
 from glipcli import __version__
 from glipcli.errors import GlipError
+from glipcli.io import json_text
 from glipcli.nano.synthetic.captions import Caption
 from glipcli.nano.synthetic.tasks import CategoryScheme, SceneRules, task_categories
 from glipcli.nano.synthetic.vocabulary import WORDINGS, HeldOut, category_text
 from glipcli.nano.synthetic.world import Scene, SyntheticWorld, WorldConfig
+from glipcli.outputs import OutputGuard
 from glipcli.prompts.prompt_file import ClassPrompt, PromptSpec
 
 DETECTION_FILE = "_annotations.coco.json"
@@ -135,7 +137,7 @@ def write_coco_dataset(out_dir: str | Path, n_train: int = 1000, n_valid: int = 
             "box_convention": "COCO xywh of the visible extent (occluded parts excluded)",
             "versions": _versions(),
         }
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (tmp / MANIFEST_FILE).write_text(json_text(manifest, out_dir / MANIFEST_FILE, indent=2) + "\n")
         _move_into_place(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -152,8 +154,8 @@ def _versions() -> dict[str, str]:
 
 
 def _check_target(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GlipError(f"{out_dir}: exists and is not a folder")
+
+    OutputGuard().folder(out_dir, "OUT_DIR")  # a folder (or none yet) that can be created, not a system one
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not overwrite:
             raise GlipError(f"{out_dir}: folder exists and is not empty (pass --overwrite to replace "
