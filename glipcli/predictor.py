@@ -25,7 +25,7 @@ from glipcli.config import GLIPConfig
 from glipcli.data.batching import ImageFailure, ImageInput, PreparedImage, iter_batches
 from glipcli.data.transforms import batch_images
 from glipcli.device import autocast, resolve_device, resolve_dtype
-from glipcli.errors import GlipError, clip
+from glipcli.errors import GlipError
 from glipcli.grounding import GroundedPhrase, GroundingResult, PhraseSpec, grounding_phrases, top_boxes_per_phrase
 from glipcli.modeling.glip import GLIP
 from glipcli.modeling.language import TextFeatures

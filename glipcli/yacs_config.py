@@ -9,7 +9,6 @@ beside the YAML, or the `bert_config` argument, gives it for non-standard sizes.
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any
 

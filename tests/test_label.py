@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from glipcli.cli.main import main
 from glipcli.data.coco import load_coco
 from glipcli.data.splits import roboflow_splits
 from glipcli.errors import GlipError

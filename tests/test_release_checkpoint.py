@@ -6,7 +6,6 @@ exactly that structure from the golden tiny weights."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from glipcli.device import resolve_device, resolve_dtype
-from glipcli.errors import GlipError
 from glipcli.hub import HUB_CHECKPOINTS, is_packaged, is_preset
 from glipcli.weights import load_model, resolve_model_source
 
