@@ -10,11 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from training_utils import tiny_model_args
 
 from glipcli.data.odinw.layout import DATA_ROOT_ENV
 from glipcli.cli.main import main
-from glipcli.data.dataset_source import resolve_splits
-from glipcli.data.dataset_source import OdinwDataMissing, download_command, resolve_dataset
+from glipcli.data.dataset_source import OdinwDataMissing, resolve_dataset, resolve_splits
+from glipcli.data.odinw.download import download_command
 from glipcli.engine.run_folders import latest_run_folder, new_run_folder, run_name
 from glipcli.errors import GlipError
 
@@ -128,14 +129,14 @@ def test_missing_odinw_dataset_names_the_command_that_fetches_it(tmp_path, monke
     error = excinfo.value
     message = str(error)
     assert "\n" not in message
-    assert message.endswith("fetch it with: glip data download odinw --datasets pothole")
+    assert message.endswith("fetch it with: glip data download odinw --datasets pothole (or add --download)")
     assert str(tmp_path / "DATASET" / "odinw/pothole/valid" / OFFICIAL_FILE) in message
     assert error.dataset.name == "pothole" and error.data_root == tmp_path / "DATASET"
     # a data root other than the default is named in the command
     with pytest.raises(OdinwDataMissing) as excinfo:
         resolve_dataset("EgoHands", data_root=tmp_path / "my data")
     assert excinfo.value.command == f"glip data download odinw --datasets EgoHands_generic --root '{tmp_path / 'my data'}'"
-    assert download_command("Raccoon") == "glip data download odinw --datasets Raccoon"
+    assert download_command(["Raccoon"]) == "glip data download odinw --datasets Raccoon"
 
 
 def test_unknown_or_ambiguous_names(tmp_path, monkeypatch):
@@ -181,17 +182,6 @@ def test_latest_run_folder_for_resume(tmp_path):
 
 
 # -- the commands, as a new user types them -----------------------------------------------------------
-def _tiny_model_args(golden_dir: Path, folder: Path) -> list[str]:
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tree = yaml.safe_load((golden_dir / "tiny/config.yaml").read_text())
-    tree["INPUT"].update(MIN_SIZE_TEST=128, MAX_SIZE_TEST=160, MIN_SIZE_TRAIN=[128], MAX_SIZE_TRAIN=160)
-    (folder / "config.yaml").write_text(yaml.safe_dump(tree))
-    shutil.copy(golden_dir / "tiny/bert_config.json", folder / "bert_config.json")
-    return ["--config", str(folder / "config.yaml"), "--weights", str(golden_dir / "tiny/weights.safetensors")]
-
-
 def test_finetune_with_nothing_but_shots_and_data(golden_dir, data_root, tmp_path, monkeypatch, capsys):
     """`glip finetune --shots 1 --data raccoon` in a fresh folder: the ODinW dataset under the data
     root, the run in runs/finetune/Raccoon, the next one in Raccoon-2, --resume finds the latest."""
@@ -199,7 +189,7 @@ def test_finetune_with_nothing_but_shots_and_data(golden_dir, data_root, tmp_pat
     work.mkdir()
     monkeypatch.chdir(work)
     monkeypatch.setenv(DATA_ROOT_ENV, str(data_root))
-    args = ["finetune", "--shots", "1", "--data", "raccoon", *_tiny_model_args(golden_dir, tmp_path / "cfg"),
+    args = ["finetune", "--shots", "1", "--data", "raccoon", *tiny_model_args(golden_dir, tmp_path / "cfg"),
             "--epochs", "1", "--copies", "1", "--batch-size", "1", "--cpu", "--no-progress"]
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -225,7 +215,7 @@ def test_finetune_on_a_missing_odinw_dataset_says_how_to_fetch_it(tmp_path, monk
     assert main(["finetune", "--shots", "5", "--data", "EgoHands"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
-    assert err.endswith("fetch it with: glip data download odinw --datasets EgoHands_generic")
+    assert err.endswith("fetch it with: glip data download odinw --datasets EgoHands_generic (or add --download)")
     assert not (tmp_path / "runs").exists()
 
 

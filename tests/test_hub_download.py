@@ -6,6 +6,7 @@ checked, refused when damaged, a second run does nothing; the missing-data error
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from glipcli.errors import GlipError
 from glipcli.hub import HUB_CHECKPOINTS, HUB_REPO, HUB_REVISION, download_weights
 from hub_server import HubServer
 from odinw_archives import odinw_zip
+from training_utils import tiny_model_args
 
 RACCOON = "odinw_35/Raccoon.zip"
 RACCOON_VAL = "odinw/Raccoon/Raccoon.v2-raw.coco/valid/annotations_without_background.json"
@@ -293,6 +295,21 @@ def test_data_download_command_as_a_user_types_it(hub, tmp_path):
     _installed(tmp_path / "DATASET")  # the default data root of `glip bench odinw`
     again = _glip(["data", "download", "odinw", "--datasets", "Raccoon"], tmp_path, hub)
     assert again.returncode == 0 and "nothing to download" in again.stderr
+
+
+def test_finetune_by_dataset_name_with_download_as_a_user_types_it(hub, tmp_path, golden_dir):
+    """`glip finetune --shots 1 --data Raccoon --download` in an empty folder: the dataset comes from
+    the hub into ./DATASET, the run goes to runs/finetune/Raccoon and finishes."""
+    work = tmp_path / "work"
+    work.mkdir()
+    model = tiny_model_args(golden_dir, tmp_path / "cfg")
+    proc = _glip(["finetune", "--shots", "1", "--data", "Raccoon", "--download", *model, "--epochs", "1",
+                  "--copies", "1", "--batch-size", "1", "--cpu", "--no-progress"], work, hub)
+    assert proc.returncode == 0, proc.stderr
+    _installed(work / "DATASET")
+    assert f"run folder: {Path('runs/finetune/Raccoon')}" in proc.stderr
+    metrics = json.loads((work / "runs/finetune/Raccoon/metrics.json").read_text())
+    assert metrics["finished"] and metrics["classes"] == ["raccoon"]
 
 
 def test_bench_missing_datasets_error_names_the_download_command(tmp_path, capsys):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
+import yaml
 from PIL import Image, ImageDraw
 
 from glipcli.config import GLIPConfig
@@ -97,3 +99,14 @@ def shapes_dataset(root: Path, classes=("red", "blue"), train_images: int = 2, v
     if test:
         write_split(root / "test", split(train_images, 0), list(classes))
     return root
+
+
+def tiny_model_args(golden_dir: Path, folder: Path) -> list[str]:
+    """`--config FILE --weights FILE` of the golden reduced GLIP-T at small image sizes, as a user
+    passes a model on the command line (the config written into `folder`)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tree = yaml.safe_load((golden_dir / "tiny/config.yaml").read_text())
+    tree["INPUT"].update(MIN_SIZE_TEST=128, MAX_SIZE_TEST=160, MIN_SIZE_TRAIN=[128], MAX_SIZE_TRAIN=160)
+    (folder / "config.yaml").write_text(yaml.safe_dump(tree))
+    shutil.copy(golden_dir / "tiny/bert_config.json", folder / "bert_config.json")
+    return ["--config", str(folder / "config.yaml"), "--weights", str(golden_dir / "tiny/weights.safetensors")]

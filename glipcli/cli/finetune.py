@@ -63,17 +63,18 @@ def finetune(
     if mode is not None and mode not in MODES:
         raise GlipError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     task = mode or "full"
-    output = opt.run_folder("finetune", output, data, train_ann, resume)
-    if resume and mode is None:
-        task = _stored_task(output) or task
     if download and data is None:
         raise GlipError("--download needs --data NAME, an ODinW dataset name (e.g. --data EgoHands_generic)")
     if download:
+        # deferred imports: keep `glip --help` fast
         from glipcli.cli.app import stderr
         from glipcli.data.odinw.download import download_for_data
 
         download_for_data(data, say=None if not progress else (
             lambda text: stderr.print(text, highlight=False, markup=False, soft_wrap=True)))
+    output = opt.run_folder("finetune", output, data, train_ann, resume)
+    if resume and mode is None:
+        task = _stored_task(output) or task
     options = dict(shots=shots, seed=seed, val_shots=val_shots, epochs=epochs, copies=copies,
                    batch_size=batch_size, lr=lr, language_lr=language_lr, weight_decay=weight_decay,
                    lr_patience=lr_patience, stop_patience=patience, eval_batch_size=eval_batch_size,

@@ -24,13 +24,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from glipcli.data.odinw.download import download_command
 from glipcli.data.odinw.layout import (ROBOFLOW_ANNOTATION_FILE, BenchDataset, MissingDataset, SplitFiles,
                                   default_data_root, locate_odinw)
 from glipcli.data.odinw.registry import OdinwDataset, find_datasets, name_key, odinw_suite
 from glipcli.data.splits import SplitPaths, roboflow_splits
 from glipcli.errors import GlipError
 
-DOWNLOAD_COMMAND = "glip data download odinw"
 OFFICIAL_ANNOTATION_FILE = "annotations_without_background.json"
 
 
@@ -57,23 +57,11 @@ class OdinwDataMissing(GlipError):
     def __init__(self, dataset: OdinwDataset, data_root: Path, expected: Path):
         self.dataset, self.data_root, self.expected = dataset, data_root, expected
         super().__init__(f"ODinW dataset {dataset.name} is not under {data_root} (looked for {expected}); "
-                         f"fetch it with: {self.command}")
+                         f"fetch it with: {self.command} (or add --download)")
 
     @property
     def command(self) -> str:
-        return download_command(self.dataset.name, self.data_root)
-
-
-def download_command(name: str, data_root: str | Path | None = None) -> str:
-    """The command line that fetches ODinW dataset `name` into `data_root`."""
-    command = f"{DOWNLOAD_COMMAND} --datasets {name}"
-    if data_root is not None and Path(data_root) != default_data_root():
-        command += f" --root {_quoted(str(data_root))}"
-    return command
-
-
-def _quoted(text: str) -> str:
-    return f"'{text}'" if any(c in text for c in " \"'$&;|<>()*?[]") else text
+        return download_command([self.dataset.name], self.data_root)
 
 
 def resolve_dataset(data: str | Path, data_root: str | Path | None = None) -> DatasetSource:

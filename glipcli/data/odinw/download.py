@@ -185,10 +185,14 @@ def download_for_data(data: str | Path, root: str | Path | None = None, *,
         raise
 
 
-def download_command(names: Sequence[str], root: str | Path, suite: str | None = None) -> str:
-    """The `glip data download odinw` command that fetches `names` (or the whole `suite`) into `root`."""
+def download_command(names: Sequence[str], root: str | Path | None = None, suite: str | None = None) -> str:
+    """The `glip data download odinw` command that fetches `names` (or the whole `suite`) into
+    `root` (`--root` left out for the default data root)."""
     which = f"--suite {suite}" if suite else f"--datasets {shlex.quote(','.join(names))}"
-    return f"glip data download odinw {which} --root {shlex.quote(str(root))}"
+    command = f"glip data download odinw {which}"
+    if root is not None and Path(root) != default_data_root():
+        command += f" --root {shlex.quote(str(root))}"
+    return command
 
 
 def missing_message(missing: Sequence[str], selected: Sequence[str], suite: str, root: str | Path,
@@ -200,7 +204,7 @@ def missing_message(missing: Sequence[str], selected: Sequence[str], suite: str,
     whole_suite = {name_key(m) for m in missing} == {name_key(d.name) for d in odinw_suite(suite)}
     command = download_command(missing, root, suite if whole_suite else None)
     return (f"{n} of {len(selected)} ODinW datasets missing under {root} ({names}); fetch "
-            f"{'them' if n > 1 else 'it'} with: {command}  (or add --download; --skip-missing runs the others)")
+            f"{'them' if n > 1 else 'it'} with: {command} (or add --download; --skip-missing runs the others)")
 
 
 # -- steps ---------------------------------------------------------------------------------------
