@@ -53,8 +53,20 @@ def detect(
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
 
-    tuned = None
-    if adapter is not None:
+    from glipcli.export.runtime import is_onnx_model
+
+    tuned = onnx_model = None
+    if is_onnx_model(model):
+        # An exported file (`glip export`): its prompt is baked in; a prompt given must be that one.
+        from glipcli.export.runtime import OnnxDetector
+
+        if adapter is not None:
+            raise GlipError("--adapter applies to PyTorch models; an exported file has its adapter baked in")
+        onnx_model = OnnxDetector.load(model, device="cpu" if device == "auto" else device)
+        given = prompt or classes_file or prompt_file
+        spec = onnx_model.check_spec(load_prompt_spec(prompts=prompt, classes_file=classes_file,
+                                                      prompt_file=prompt_file) if given else None)
+    elif adapter is not None:
         from glipcli.engine.prompt_tuning import load_adapter
         from glipcli.prompts.prompt_file import PromptSpec
 
@@ -78,16 +90,20 @@ def detect(
         coco_index = CocoIndex.load(coco_gt)
         coco_index.check(sources, spec.names)
 
-    predictor = load_predictor(model, weights, config, device, dtype)
-    from glipcli.chunked import iter_detect_with_spec
+    if onnx_model is not None:
+        items = onnx_model.iter_predict(sources, spec, box_threshold=box_threshold, batch_size=batch_size,
+                                        skip_errors=not strict)
+    else:
+        predictor = load_predictor(model, weights, config, device, dtype)
+        from glipcli.chunked import iter_detect_with_spec
 
-    if tuned is not None:
-        _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
+        if tuned is not None:
+            _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
 
-    # One caption, or several for a long class list; a plain class list gives exactly the
-    # detections of `GLIPPredictor.iter_predict`.
-    items = iter_detect_with_spec(predictor, sources, spec, box_threshold=box_threshold, chunk_size=chunk_size,
-                                  batch_size=batch_size, skip_errors=not strict)
+        # One caption, or several for a long class list; a plain class list gives exactly the
+        # detections of `GLIPPredictor.iter_predict`.
+        items = iter_detect_with_spec(predictor, sources, spec, box_threshold=box_threshold, chunk_size=chunk_size,
+                                      batch_size=batch_size, skip_errors=not strict)
     outcome = run_images(items, len(sources), quiet, on_result=_vis_writer(outputs))
 
     if not quiet:

@@ -10,6 +10,7 @@ import click
 from glipcli.cli import bench  # noqa: F401  (registers `glip bench`)
 from glipcli.cli import convert  # noqa: F401  (registers `glip convert`)
 from glipcli.cli import detect  # noqa: F401  (registers the command)
+from glipcli.cli import export  # noqa: F401  (registers `glip export`)
 from glipcli.cli import finetune  # noqa: F401  (registers `glip finetune`)
 from glipcli.cli import ground  # noqa: F401  (registers `glip ground`)
 from glipcli.cli import prompt  # noqa: F401  (registers `glip prompt`)
