@@ -4,7 +4,7 @@
 layout) and returns the kept (batch, class, box) index triples [M, 3] int64. The official rule
 (areas with +1 widths, suppress IoU > threshold) is the standard IoU of the boxes with their
 far corners moved by +1, which is what callers pass here; a score <= `score_threshold` is
-never kept. The ONNX translation emits `NonMaxSuppression` with the same arguments.
+never kept. Exported, it becomes ONNX `NonMaxSuppression` with the same arguments.
 """
 
 from __future__ import annotations
@@ -41,21 +41,8 @@ def _(boxes, scores, iou_threshold, score_threshold):
     return boxes.new_empty((count, 3), dtype=torch.long)
 
 
-def onnx_translation():
-    """{torch op: onnxscript function} for `torch.onnx.export(custom_translation_table=...)`."""
-    from onnxscript import opset18 as op
-
-    def nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
-        max_per_class = op.Constant(value_ints=[2**31 - 1])
-        iou = op.Constant(value_floats=[iou_threshold])
-        floor = op.Constant(value_floats=[score_threshold])
-        return op.NonMaxSuppression(boxes, scores, max_per_class, iou, floor)
-
-    return {torch.ops.glip.multiclass_nms.default: nms_onnx}
-
-
 def register_torchscript_symbolic(opset: int) -> None:
-    """The same translation for the TorchScript-based exporter (`dynamo=False`)."""
+    """Export `multiclass_nms` as ONNX `NonMaxSuppression` (TorchScript-based exporter, `dynamo=False`)."""
     from torch.onnx import register_custom_op_symbolic
 
     def symbolic(g, boxes, scores, iou_threshold, score_threshold):
