@@ -188,7 +188,7 @@ def test_prompt_tuned_export_gives_the_prompt_tuned_detections(golden_dir, tmp_p
     spec = PromptSpec.from_prompts("person. cup.")
     prompt = GLIPPredictor(model).encode_classes(spec.names)
     torch.manual_seed(1)
-    adapter = PromptAdapter(offset=0.5 * torch.randn(model.cfg.language.max_query_len, model.cfg.language.hidden_dim),
+    adapter = PromptAdapter(offset=0.5 * torch.randn(model.cfg.language.max_query_len, model.cfg.language.hidden_size),
                             caption=prompt.caption, input_ids=prompt.input_ids[0, :prompt.num_tokens].tolist(),
                             phrases=prompt.phrases, class_names=spec.names, base=model_identity(model),
                             prompt_yaml=spec.to_yaml())
