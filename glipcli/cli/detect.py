@@ -60,8 +60,9 @@ def detect(
         # An exported file (`glip export`): its prompt is baked in; a prompt given must be that one.
         from glipcli.export.runtime import OnnxDetector
 
-        if adapter is not None:
-            raise GlipError("--adapter applies to PyTorch models; an exported file has its adapter baked in")
+        if adapter is not None or weights is not None or config is not None:
+            raise GlipError("--adapter, --weights and --config apply to PyTorch models; an exported .onnx file "
+                            "has them baked in")
         onnx_model = OnnxDetector.load(model, device="cpu" if device == "auto" else device)
         given = prompt or classes_file or prompt_file
         spec = onnx_model.check_spec(load_prompt_spec(prompts=prompt, classes_file=classes_file,

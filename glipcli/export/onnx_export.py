@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from glipcli import __version__
+from glipcli.chunked import DEFAULT_SUPPRESS_IOU
 from glipcli.errors import GlipError
 from glipcli.export.graph import INPUT_NAMES, OUTPUT_NAMES, DetectorGraph
 from glipcli.export.metadata import ExportMetadata
@@ -47,7 +48,7 @@ def check_output(path: Path, overwrite: bool) -> None:
 
 def export_onnx(predictor, spec: PromptSpec, output: str | Path, opset: int = DEFAULT_OPSET,
                 overwrite: bool = False, model_name: str = "", adapter: str | None = None,
-                suppress_iou: float | None = 0.6) -> ExportMetadata:
+                suppress_iou: float | None = DEFAULT_SUPPRESS_IOU) -> ExportMetadata:
     """Write `output` (atomically): the predictor's model (float32, CPU) with the spec's caption
     baked in. The spec must fit one caption of the model. Returns the metadata written."""
     import onnx  # the [onnx] extra
