@@ -31,17 +31,17 @@ def export(
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Write a standalone ONNX detector for a fixed prompt.
+    """Write a standalone ONNX detector for a fixed prompt (text features, adapter and post-processing baked in).
 
-    The prompt's text features are computed now and stored as constants; the file holds the image
-    backbone, the fusion head and the post-processing (box decoding, top-k, per-class NMS, the
-    detection cap). Inputs: images [B, 3, H, W] float32 preprocessed as `glip detect` does (short
-    side resized to the model's min size, long side at most its max size, PIL bilinear; BGR 0..255
-    normalised; zero-padded at the bottom/right to multiples of 32), image_sizes [B, 2] and
-    original_sizes [B, 2] int64 (h, w). Any image size and batch (no fixed input size, no
-    letterboxing). Outputs: boxes [N, 4] in input-image pixels, scores [N], phrases [N] and
-    batch_index [N]. Run it with `glip detect --model FILE.onnx IMAGES` or onnxruntime alone
-    (examples/onnx_infer.py); docs/export.md has the details."""
+    Input size: any image size and batch (dynamic; no fixed size, no letterboxing).
+
+    Inputs: images [B, 3, H, W] float32 preprocessed as `glip detect` does (docs/export.md), image_sizes [B, 2],
+    original_sizes [B, 2].
+
+    Outputs: boxes [N, 4] in input-image pixels, scores [N], phrases [N], batch_index [N].
+
+    Run it with `glip detect --model FILE.onnx IMAGES` or with onnxruntime alone (examples/onnx_infer.py).
+    """
     from glipcli.export.onnx_export import check_opset, check_output
     from glipcli.prompts.prompt_file import PromptSpec, load_prompt_spec
 
