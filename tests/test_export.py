@@ -107,6 +107,23 @@ def test_export_refuses_an_existing_output_without_overwrite(tmp_path, capsys):
     assert target.read_bytes() == b"mine"
 
 
+def test_detect_with_a_missing_or_foreign_onnx_file_gets_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48)).save(image)
+    foreign = tmp_path / "foreign.onnx"
+    h = onnx.helper
+    value = h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    result = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+    graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "g", [value], [result])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), str(foreign))  # valid, not ours
+    for model, message in ((tmp_path / "missing.onnx", "no such file"), (foreign, "not a file made by `glip export`")):
+        code = main(["detect", str(image), "--model", str(model), "-q"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and message in err and len(err.splitlines()) == 1
+
+
 def test_metadata_round_trip_and_foreign_files():
     from glipcli.errors import GlipError
     from glipcli.export.metadata import ExportMetadata
