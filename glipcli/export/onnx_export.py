@@ -4,8 +4,8 @@
     >>> meta = export_onnx(predictor, PromptSpec.from_prompts("pothole. crack."), "pothole.onnx")
 
 The TorchScript-based exporter (`dynamo=False`) is used: it records the model's shape arithmetic,
-so one file serves any image size and batch. (The `torch.export` route specialises or needs
-symbolic reasoning over Swin's nested window paddings that does not finish in useful time.)
+so one file serves any image size and batch. (Through `torch.export` with dynamic sizes, the
+symbolic reasoning over Swin's nested window paddings does not finish in useful time.)
 The traced example has a padded size whose Swin stage maps all need window padding, so that
 every shape-dependent branch is recorded in the form that serves every size.
 """
