@@ -230,3 +230,17 @@ def test_other_models_export_with_equal_detections(variant, golden_dir, shared_d
     images = [str(golden_dir / "tiny/image.png"), *_real_images(shared_dir)[:2]]
     _assert_same(_detect_json(tmp_path, "onnx", images, "--model", str(exported)),
                  _detect_json(tmp_path, "torch", images, *args, "-p", PROMPT))
+
+
+@pytest.mark.slow
+def test_prompt_file_thresholds_and_suppression_phrases_export(golden_dir, shared_dir, tmp_path):
+    prompt_file = tmp_path / "p.yaml"
+    prompt_file.write_text("classes:\n  - person\n  - name: cup\n    threshold: 0.5\nsuppress:\n  - dog\n")
+    exported = tmp_path / "p.onnx"
+    assert main(["export", *_model_args(golden_dir), "--prompt-file", str(prompt_file), "-o", str(exported), "-q"]) == 0
+    images = [str(golden_dir / "tiny/image.png"), *_real_images(shared_dir)[:2]]
+    want = _detect_json(tmp_path, "torch", images, *_model_args(golden_dir), "--prompt-file", str(prompt_file))
+    assert all(d["label"] != "cup" or d["score"] >= 0.5 for r in want for d in r["detections"])
+    _assert_same(_detect_json(tmp_path, "onnx", images, "--model", str(exported)), want)
+    _assert_same(_detect_json(tmp_path, "onnx2", images, "--model", str(exported), "--prompt-file", str(prompt_file)),
+                 want)

@@ -41,6 +41,10 @@ class OnnxDetector:
         self.input_cfg = InputConfig(min_size=metadata.min_size, max_size=metadata.max_size,
                                      pixel_mean=tuple(metadata.pixel_mean), pixel_std=tuple(metadata.pixel_std),
                                      size_divisible=metadata.size_divisible)
+        # The exported classes with their thresholds (labels and thresholds only: the caption,
+        # suppression phrases included, is the metadata's).
+        names = PromptSpec.from_names(metadata.classes)
+        self.exported_spec = PromptSpec([replace(c, threshold=t) for c, t in zip(names.classes, metadata.class_thresholds)])
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", threads: int | None = None) -> "OnnxDetector":
@@ -71,9 +75,8 @@ class OnnxDetector:
     def check_spec(self, spec: PromptSpec | None) -> PromptSpec:
         """The prompt to report with: the exported one, or `spec` if it asks for exactly the exported
         caption (its per-class thresholds then apply). Another prompt is refused."""
-        if spec is None:
-            exported = PromptSpec.from_names(self.meta.classes)
-            return PromptSpec([replace(c, threshold=t) for c, t in zip(exported.classes, self.meta.class_thresholds)])
+        if spec is None or spec is self.exported_spec:
+            return self.exported_spec
         caption = spec.caption().caption
         if caption != self.meta.caption or spec.names != self.meta.classes:
             raise GlipError(f"{self.source} was exported for the classes {', '.join(self.meta.classes)} "
