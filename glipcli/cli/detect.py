@@ -61,9 +61,22 @@ def detect(
     from glipcli.data.sources import expand_image_args
     from glipcli.prompts.prompt_file import load_prompt_spec
 
-    tuned = None
-    if adapter is not None:
-        # deferred import: keeps `glip --help` fast
+    # deferred imports: keep `glip --help` fast
+    from glipcli.export.runtime import is_onnx_model
+
+    tuned = onnx_model = None
+    if is_onnx_model(model):
+        # An exported file (`glip export`): its prompt is baked in; a prompt given must be that one.
+        from glipcli.export.runtime import OnnxDetector
+
+        if adapter is not None or weights is not None or config is not None:
+            raise GlipError("--adapter, --weights and --config apply to PyTorch models; an exported .onnx file "
+                            "has them baked in")
+        onnx_model = OnnxDetector.load(model, device="cpu" if device == "auto" else device)
+        given = prompt or classes_file or prompt_file
+        spec = onnx_model.check_spec(load_prompt_spec(prompts=prompt, classes_file=classes_file,
+                                                      prompt_file=prompt_file) if given else None)
+    elif adapter is not None:
         from glipcli.engine.prompt_tuning import load_adapter
         from glipcli.prompts.prompt_file import PromptSpec
 
@@ -94,16 +107,21 @@ def detect(
     from glipcli.sharding import Workers
 
     workers = Workers.current(device)  # under `accelerate launch`: this process's share of the images
-    predictor = load_predictor(model, weights, config, workers.device(device), dtype)
-
-    if tuned is not None:
-        _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
-
-    # One caption, or several for a long class list; a plain class list gives exactly the
-    # detections of `GLIPPredictor.iter_predict`.
     shard = workers.shard(sources, batch_size)
-    items = iter_detect_with_spec(predictor, [sources[i] for i in shard], spec, box_threshold=box_threshold,
-                                  chunk_size=chunk_size, batch_size=batch_size, skip_errors=not strict)
+    shard_sources = [sources[i] for i in shard]
+    if onnx_model is not None:
+        items = onnx_model.iter_predict(shard_sources, spec, box_threshold=box_threshold, batch_size=batch_size,
+                                        skip_errors=not strict)
+    else:
+        predictor = load_predictor(model, weights, config, workers.device(device), dtype)
+
+        if tuned is not None:
+            _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
+
+        # One caption, or several for a long class list; a plain class list gives exactly the
+        # detections of `GLIPPredictor.iter_predict`.
+        items = iter_detect_with_spec(predictor, shard_sources, spec, box_threshold=box_threshold,
+                                      chunk_size=chunk_size, batch_size=batch_size, skip_errors=not strict)
     outcome = run_images(items, len(shard), quiet or not workers.is_main, on_result=_vis_writer(outputs, shard))
     if workers.distributed:
         outcome = _gather_outcome(workers, outcome, shard)

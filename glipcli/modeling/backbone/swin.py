@@ -188,7 +188,8 @@ class SwinBlock(nn.Module):
         if pad_h or pad_w:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
-        if torch.is_grad_enabled():
+        # (Traced for ONNX export, a slice count would be frozen at the example's size: one slice.)
+        if torch.is_grad_enabled() or torch.jit.is_tracing():
             return x + self.drop_path(self.mlp(self.norm2(x)))
         # Inference: the MLP runs over slices of tokens, added in place, so its 4x-wide hidden
         # activations never exist for the whole map at once (large images, P2-level maps).
@@ -245,8 +246,10 @@ class SwinStage(nn.Module):
 
     def shift_mask(self, h: int, w: int, device: torch.device) -> Tensor:
         """Cached shifted-window mask for an h x w map: [nW, N, N] on the padded size."""
-        hp = -(-h // self.window) * self.window
-        wp = -(-w // self.window) * self.window
+        hp = (h + self.window - 1) // self.window * self.window  # (not -(-h // w): exported, that truncates)
+        wp = (w + self.window - 1) // self.window * self.window
+        if torch.jit.is_tracing():  # traced for ONNX export: computed from the recorded sizes, never cached
+            return shifted_window_mask(hp, wp, self.window, self.shift, device)
         key = (hp, wp, str(device))
         if key not in self._mask_cache:
             self._mask_cache[key] = shifted_window_mask(hp, wp, self.window, self.shift, device)
