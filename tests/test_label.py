@@ -243,7 +243,7 @@ def test_unreadable_images_are_reported_and_skipped(photos, small_weights, tmp_p
 def test_bad_options_are_one_line_errors(photos, small_weights, tmp_path, capsys):
     for extra, needle in ((["--format", "voc"], "--format must be one of coco, yolo"),
                           (["--split", "train=0.5"], "sum to 0.5, not 1"),
-                          (["--min-box-size", "-1"], "--min-box-size must be at least 0")):
+                          (["--min-box-size", "-1"], "--min-box-size must be a finite number >= 0")):
         code, _, err = _label(capsys, photos, small_weights, tmp_path / "ds", *extra)
         assert_one_line_error(code, err, needle)
     assert not (tmp_path / "ds").exists()

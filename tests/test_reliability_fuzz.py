@@ -70,7 +70,7 @@ def _safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 def seeds(tmp_path_factory) -> dict[str, tuple[bytes, Callable[[Path], object], str]]:
     """format -> (valid file bytes, reader, file name)."""
     from glipcli.bench.suite import load_suite_file
-    from glipcli.checkpoint import config_to_json, read_state_dict
+    from glipcli.checkpoint import config_metadata, read_state_dict
     from glipcli.checkpoint import _DERIVED_KEYS
     from glipcli.checkpoint_fit import check_fits, expected_shapes
     from glipcli.coco_results import CocoIndex
@@ -110,7 +110,7 @@ def seeds(tmp_path_factory) -> dict[str, tuple[bytes, Callable[[Path], object], 
              if not k.startswith("language.") and not any(p.match(k) for p in _DERIVED_KEYS)}
     pth = root / "seed.pth"
     torch.save({"model": {"module.backbone.body.patch_embed.proj.weight": torch.zeros(2, 3, 4, 4)}}, pth)
-    run = {"task": "full", "config": {"task": "full", "shots": 1}, "model_config": json.loads(config_to_json(nano)),
+    run = {"task": "full", "config": {"task": "full", "shots": 1}, "model_config": nano.to_dict(),
            "data": {"train": {"ann": "/a.json", "images": "/i"}, "valid": None, "test": None},
            "source": {"model": "nano", "config": None, "weights": None, "prompt_file": None}}
     state_meta = {"format": ckpt.STATE_FORMAT, "state": json.dumps({"epoch": 1, "config": {}}),
@@ -144,7 +144,7 @@ def seeds(tmp_path_factory) -> dict[str, tuple[bytes, Callable[[Path], object], 
         "suite-yaml": (b"name: mine\ndatasets:\n  - name: a\n    val: {ann_file: ann.json, img_dir: images}\n",
                        load_suite_file, "suite.yaml"),
         "glip-safetensors": (_safetensors(root / "w.safetensors", small,
-                                          {"format": "glipcli", "config": config_to_json(tiny)}),
+                                          config_metadata(tiny)),
                              declared, "w.safetensors"),
         "official-pth": (pth.read_bytes(), read_state_dict, "w.pth"),
         "training-state": (_safetensors(root / "s.safetensors", {"optim/0/step": torch.zeros(1)}, state_meta),

@@ -107,10 +107,9 @@ def _declared_checkpoint(path: Path, config: dict | str, tensors: dict[str, torc
 
 
 def _preset_dict(name: str = "glip-t") -> dict:
-    from glipcli.checkpoint import config_to_json
     from glipcli.config import get_preset
 
-    return json.loads(config_to_json(get_preset(name)))
+    return get_preset(name).to_dict()
 
 
 def test_declared_architecture_is_checked_before_building(tmp_path, capsys):

@@ -7,12 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from glipcli.cli import ranges
 from glipcli.cli.app import app, stderr
 from glipcli.cli.common import ConfigOpt, ModelOpt, OverwriteOpt, QuietOpt, WeightsOpt, load_predictor, model_file
 from glipcli.errors import GlipError
 
 
-@app.command()
+@app.command(short_help="Export a prompt as a standalone ONNX detector.")
 def export(
     output: Annotated[Path, typer.Option("--output", "-o", help="The .onnx file to write.")],
     prompt: Annotated[Optional[list[str]], typer.Option(
@@ -27,7 +28,7 @@ def export(
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
     format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
-    opset: Annotated[int, typer.Option(help="ONNX opset: 16, 17 or 18.")] = 17,
+    opset: Annotated[int, typer.Option(callback=ranges.count(1), help="ONNX opset: 16, 17 or 18.")] = 17,
     overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:

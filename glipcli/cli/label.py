@@ -9,6 +9,7 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from glipcli.cli import ranges
 from glipcli.cli.app import app, stderr
 from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, ModelOpt, QuietOpt,
                                 StrictOpt, WeightsOpt, load_predictor)
@@ -31,22 +32,24 @@ def label(
                          "or yolo (images/, labels/, data.yaml).")] = "coco",
     split: Annotated[str, typer.Option(help="Split fractions over the labelled images (train, valid, test).")]
     = "train=0.8,valid=0.2",
-    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    seed: Annotated[int, typer.Option(callback=ranges.seed, help="Seed of the split.")] = 0,
     copy: Annotated[bool, typer.Option("--copy/--link", help="Copy the images into the dataset, or link "
                                                              "(symbolic links to the originals).")] = True,
     box_threshold: Annotated[float, typer.Option(
-        help="Drop boxes scoring below this (a class's own threshold in the prompt file wins).")] = 0.3,
-    chunk_size: Annotated[Optional[int], typer.Option(help="At most this many classes per caption.")] = None,
+        callback=ranges.fraction, help="Drop boxes scoring below this (a class's own threshold in the prompt file wins).")] = 0.3,
+    chunk_size: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1), help="At most this many classes per caption.")] = None,
     agnostic_nms: Annotated[Optional[float], typer.Option(
-        help="IoU above which a box is dropped for a better box of ANY class (default: classes may overlap).")]
+        callback=ranges.fraction, help="IoU above which a box is dropped for a better box of ANY class (default: classes may overlap).")]
     = None,
-    min_box_size: Annotated[float, typer.Option(help="Drop boxes narrower or lower than this (pixels).")] = 0.0,
+    min_box_size: Annotated[float, typer.Option(
+        callback=ranges.non_negative, help="Drop boxes narrower or lower than this (pixels).")] = 0.0,
     max_boxes: Annotated[Optional[int], typer.Option(
-        help="At most this many boxes per image, best first (default: the model's cap, 100).")] = None,
+        callback=ranges.count(1), help="At most this many boxes per image, best first (default: the model's cap, 100).")] = None,
     keep_empty: Annotated[bool, typer.Option(
         help="Keep images where nothing was found, as negatives (default: leave them out).")] = False,
     save_vis: Annotated[int, typer.Option(
-        help="Render this many of the dataset's images with their labels into OUTPUT/preview.")] = 0,
+        callback=ranges.count(0), help="Render this many of the dataset's images with their labels into OUTPUT/preview.")] = 0,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     weights: WeightsOpt = None,
