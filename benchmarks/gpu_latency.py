@@ -112,8 +112,6 @@ def main() -> None:
     from glipcli.modeling.glip import GLIP
     from glipcli.predictor import GLIPPredictor
 
-    if args.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # both models alike
     print(f"machine: {machine_description()}; {args.preset}; median of {args.runs} interleaved runs after "
           "the warm-up; times include the CPU preprocessing", flush=True)
     torch.manual_seed(0)
