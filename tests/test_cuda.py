@@ -147,7 +147,7 @@ def test_compiled_forward_gives_the_golden_detections(golden_dir):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_compiled_forward_equals_eager_on_its_bucket(golden_dir, dtype):
     """The default buckets pad the image (and the caption); the compiled path equals the eager
-    model run on the same padded image, batch 1 and batch 2."""
+    model run on the same padded image (float32: batch 1 and 2; bfloat16: batch 1)."""
     from glipcli.modeling.compiled import pad_images
 
     model = _cuda_copy(golden_model(str(golden_dir / "tiny")))
@@ -159,7 +159,7 @@ def test_compiled_forward_equals_eager_on_its_bucket(golden_dir, dtype):
     padded_hw = fast.compiled.padded_size(*image.shape[-2:])
     assert padded_hw == (image.shape[-2], 512)
     tol = 1e-4 if dtype == "float32" else 2e-2
-    for batch in (1, 2):
+    for batch in (1, 2) if dtype == "float32" else (1,):  # each batch size is one more compile
         images = image.expand(batch, -1, -1, -1)
         expected = eager.detect_tensor(pad_images(images, *padded_hw), [image_hw] * batch, prompt)
         for _ in range(3):
