@@ -100,8 +100,9 @@ def main() -> None:
     print(f"  ratio batched / one after another: {med['batched'] / med['sequential']:.2f} "
           f"({med['sequential'] / med['batched']:.2f}x faster); batched / whole model per chunk: "
           f"{med['batched'] / med['naive']:.2f} ({med['naive'] / med['batched']:.2f}x faster)")
-    print(f"  peak RSS {peak_rss_gib():.2f} GiB" + (f", peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.2f} GiB"
-                                                  if args.device.startswith("cuda") else ""))
+    gpu = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 1024**3:.2f} GiB"
+           if args.device.startswith("cuda") else "")
+    print(f"  peak RSS {peak_rss_gib():.2f} GiB{gpu}")
 
 
 def _compare(a, b) -> tuple[bool, float, float]:

@@ -123,7 +123,8 @@ def test_batched_inference_on_cuda_equals_one_by_one(golden_dir):
 def _golden_case(golden_dir, case="det"):
     inputs = load(str(golden_dir / "tiny" / "inputs.safetensors"))
     ref = load(str(golden_dir / "tiny" / f"outputs_{case}.safetensors"))
-    return inputs["image_tensor"].cuda(), tuple(inputs["image_size_hw"].tolist()), ref, _prompt(golden_dir, "tiny", case)
+    image_hw = tuple(inputs["image_size_hw"].tolist())
+    return inputs["image_tensor"].cuda(), image_hw, ref, _prompt(golden_dir, "tiny", case)
 
 
 def test_compiled_forward_gives_the_golden_detections(golden_dir):
