@@ -214,10 +214,28 @@ def test_one_chunk_equals_predict(predictor, image, unchunked):
     assert detect_with_spec(predictor, image, PromptSpec.from_names(NAMES))[0] == unchunked
 
 
+def _sharing(predictor: GLIPPredictor, prompt_batch_size: int | None) -> GLIPPredictor:
+    """The same model and test size, reading `prompt_batch_size` chunks per head call."""
+    other = GLIPPredictor(predictor.model, prompt_batch_size=prompt_batch_size)
+    other.cfg = predictor.cfg
+    return other
+
+
+def _assert_same_detections(got, expected):
+    """The same detections (labels, order by score) up to float rounding: a batch of chunks runs
+    through other kernel shapes than one chunk alone, which may round differently."""
+    assert [(d.label, d.phrase_index) for d in got.detections] == [(d.label, d.phrase_index)
+                                                                    for d in expected.detections]
+    for a, b in zip(got.detections, expected.detections):
+        assert a.score == pytest.approx(b.score, abs=1e-5)
+        assert a.box_xyxy == pytest.approx(b.box_xyxy, abs=1e-3)
+
+
 def test_forced_chunks_equal_the_runs_of_their_class_lists(predictor, image):
     """Each chunk is an ordinary prompt: the chunked run is the per-image top-100 (the model's
-    cap) of what `predict` gives for each chunk's class list, labels mapped back to the list."""
-    result = detect_with_spec(predictor, image, PromptSpec.from_names(NAMES), chunk_size=2)[0]
+    cap) of what `predict` gives for each chunk's class list, labels mapped back to the list
+    (one chunk per head call: exactly; see the next test for batches of chunks)."""
+    result = detect_with_spec(_sharing(predictor, 1), image, PromptSpec.from_names(NAMES), chunk_size=2)[0]
     assert result.caption == "person. bicycle. car. dog"
     union = []
     for offset, names in ((0, NAMES[:2]), (2, NAMES[2:])):
@@ -229,6 +247,23 @@ def test_forced_chunks_equal_the_runs_of_their_class_lists(predictor, image):
     assert len(union) > cap
     assert sorted(_rows(result)) == sorted(union[:cap])
     assert [row[2] for row in _rows(result)] == sorted((row[2] for row in union[:cap]), reverse=True)
+
+
+def test_a_batch_of_chunks_equals_one_chunk_after_another(predictor, image):
+    """Chunks of different token lengths read by the head as one batch (the image features
+    shared, the captions padded) give the detections of running them one after another."""
+    names = NAMES + ["traffic light", "fire hydrant", "a very small brown bird", "cat", "stop sign"]
+    spec = PromptSpec.from_names(names)
+    plan = plan_chunks(spec, chunk_size=2)
+    assert len({chunk.prompt.num_tokens for chunk in plan.chunks}) > 1  # padding is exercised
+    sequential = detect_with_spec(_sharing(predictor, 1), [image, image], plan, batch_size=2)
+    assert len({d.label for d in sequential[0].detections}) > 3  # several chunks contribute
+    for size in (2, 3, len(plan.chunks), None):
+        batched = detect_with_spec(_sharing(predictor, size), [image, image], plan, batch_size=2)
+        for got, expected in zip(batched, sequential, strict=True):
+            _assert_same_detections(got, expected)
+    with pytest.raises(GlipError, match="prompt batch size must be at least 1"):
+        _sharing(predictor, 0)
 
 
 def test_per_class_thresholds(predictor, image, unchunked):

@@ -59,16 +59,23 @@ def phrase_scores(token_logits: torch.Tensor, token_spans: Sequence[Sequence[int
 
     Returns:
         [B, N, P] scores; a phrase with no tokens scores 0.
+
+    One gather for all phrases (a few kernels whatever P is, rather than a few per phrase):
+    each phrase's tokens padded to the longest span, the padding weighted by 0.
     """
-    probs = token_logits.sigmoid()
     batch, num_anchors, _ = token_logits.shape
-    out = probs.new_zeros((batch, num_anchors, len(token_spans)))
-    for p, tokens in enumerate(token_spans):
-        if len(tokens) == 0:
-            continue
-        index = torch.as_tensor(list(tokens), dtype=torch.long, device=token_logits.device)
-        out[:, :, p] = probs[:, :, index].mean(-1)
-    return out
+    lengths = [len(tokens) for tokens in token_spans]
+    width = max(lengths, default=0)
+    if width == 0:
+        return token_logits.new_zeros((batch, num_anchors, len(token_spans)))
+    device = token_logits.device
+    index = torch.tensor([list(tokens) + [0] * (width - len(tokens)) for tokens in token_spans],
+                         dtype=torch.long, device=device)  # [P, W]
+    valid = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths], dtype=token_logits.dtype,
+                         device=device)
+    count = torch.tensor([max(n, 1) for n in lengths], dtype=token_logits.dtype, device=device)
+    probs = token_logits.sigmoid()[:, :, index.view(-1)].view(batch, num_anchors, len(lengths), width)
+    return (probs * valid).sum(-1) / count
 
 
 def _pairwise_iou_plus1(boxes: torch.Tensor) -> torch.Tensor:
@@ -171,6 +178,32 @@ class ATSSPostProcessor:
         self.cfg = cfg if cfg is not None else PostProcessConfig()
         self.box_coder = BoxCoder(weights=self.cfg.box_weights)
 
+    def _level_top(self, box_regression: torch.Tensor, centerness: torch.Tensor, phrase_scores: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pre-NMS top of one level for every image at once, before any data-dependent
+        selection: non-candidates rank -1, below every candidate (whose ranking is >= 0), so
+        the top min(pre_nms_top_n, N*P) holds the same candidates as a top-k over candidates
+        alone. Returns (ranking values, locations, 0-based phrases, is-candidate), each [B, k]."""
+        batch = box_regression.shape[0]
+        num_phrases = phrase_scores.shape[2]
+        center_prob = centerness.permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
+        is_candidate = phrase_scores > self.cfg.score_threshold
+        ranking = (phrase_scores * center_prob[:, :, None]).masked_fill(~is_candidate, -1.0).view(batch, -1)
+        k = min(self.cfg.pre_nms_top_n, ranking.shape[1])
+        values, chosen = ranking.topk(k, dim=1, sorted=False)
+        return values, chosen // num_phrases, chosen % num_phrases, is_candidate.view(batch, -1).gather(1, chosen)
+
+    def _decode(self, deltas: torch.Tensor, anchors: torch.Tensor, location: torch.Tensor,
+                image_sizes: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """deltas [B, N, 4], anchors [N, 4], location [B, k] -> boxes [B, k, 4] clipped per image."""
+        batch, k = location.shape
+        picked = deltas.gather(1, location[:, :, None].expand(batch, k, 4))
+        boxes = self.box_coder.decode(picked.reshape(-1, 4), anchors[location.reshape(-1)]).view(batch, k, 4)
+        # x in [0, W-1], y in [0, H-1] of each unpadded image (clip_boxes, for the whole batch)
+        limits = torch.tensor([[w - 1, h - 1, w - 1, h - 1] for h, w in image_sizes], dtype=boxes.dtype,
+                              device=boxes.device)[:, None, :]
+        return torch.minimum(boxes.clamp(min=0), limits)
+
     def level_candidates(
         self,
         box_regression: torch.Tensor,
@@ -188,25 +221,7 @@ class ATSSPostProcessor:
         Returns:
             Per image, at most pre_nms_top_n Detections (order unspecified).
         """
-        batch = box_regression.shape[0]
-        deltas = box_regression.permute(0, 2, 3, 1).reshape(batch, -1, 4)
-        center_prob = centerness.permute(0, 2, 3, 1).reshape(batch, -1).sigmoid()
-        is_candidate = phrase_scores > self.cfg.score_threshold
-        ranking = phrase_scores * center_prob[:, :, None]
-
-        results = []
-        for b in range(batch):
-            candidate_pairs = torch.nonzero(is_candidate[b])  # [M, 2] = (location, phrase)
-            values = ranking[b][is_candidate[b]]
-            k = min(int(values.shape[0]), self.cfg.pre_nms_top_n)
-            values, chosen = values.topk(k, sorted=False)
-            location = candidate_pairs[chosen, 0]
-            labels = candidate_pairs[chosen, 1] + 1
-            boxes = self.box_coder.decode(deltas[b, location], anchors[location])
-            boxes = clip_boxes(boxes, image_sizes[b])
-            # remove_small_boxes(min_size=0) of the official code is a no-op and is omitted.
-            results.append(Detections(boxes, torch.sqrt(values), labels))
-        return results
+        return self.candidates([box_regression], [centerness], [phrase_scores], [anchors], image_sizes)
 
     def candidates(
         self,
@@ -216,12 +231,25 @@ class ATSSPostProcessor:
         anchors: Sequence[torch.Tensor],
         image_sizes: Sequence[tuple[int, int]],
     ) -> list[Detections]:
-        """Pre-NMS candidates of all levels, concatenated P3..P7, per image (inputs as __call__)."""
-        per_level = [
-            self.level_candidates(reg, ctr, scores, anc, image_sizes)
-            for reg, ctr, scores, anc in zip(box_regression, centerness, phrase_scores, anchors, strict=True)
-        ]
-        return [Detections.cat([level[b] for level in per_level]) for b in range(len(image_sizes))]
+        """Pre-NMS candidates of all levels, concatenated P3..P7, per image (inputs as __call__).
+
+        Candidates (location, phrase) have phrase_score > score_threshold; each level keeps its
+        pre_nms_top_n best by phrase_score * sigmoid(centerness); score = sqrt of that; boxes
+        decoded and clipped to the unpadded image. Every image and level is handled by the same
+        few batched operations; only the final per-image selection depends on the data.
+        (remove_small_boxes(min_size=0) of the official code is a no-op and is omitted.)"""
+        batch = len(image_sizes)
+        tops, offset = [], 0
+        for reg, ctr, scores, anc in zip(box_regression, centerness, phrase_scores, anchors, strict=True):
+            values, location, phrase, keep = self._level_top(reg, ctr, scores)
+            tops.append((values, location + offset, phrase, keep))
+            offset += anc.shape[0]
+        values, location, phrase, keep = (torch.cat(parts, dim=1) for parts in zip(*tops))
+        deltas = torch.cat([reg.permute(0, 2, 3, 1).reshape(batch, -1, 4) for reg in box_regression], dim=1)
+        boxes = self._decode(deltas, torch.cat(list(anchors)), location, image_sizes)
+        scores = values.clamp(min=0).sqrt()
+        labels = phrase + 1
+        return [Detections(boxes[b][keep[b]], scores[b][keep[b]], labels[b][keep[b]]) for b in range(batch)]
 
     def nms(self, dets: Detections) -> Detections:
         """Per-label NMS at cfg.nms_threshold; keeps the input order."""
