@@ -5,7 +5,8 @@
 #      through the compiled path, compiled = eager on its bucket, batched chunks = one after another);
 #   2. GLIP-T batch 1 / batch 8, eager and compiled, vs Grounding DINO-T, float32 then bfloat16,
 #      timed interleaved in one process, with the compile (first-call) time (benchmarks/gpu_latency.py);
-#   3. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk.
+#   3. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk;
+#   4. `glip label` images/s on the GPU (benchmarks/label.py).
 # Everything printed goes to $OUT/gpu_suite.log (default OUT: bench-results/gpu), the latency
 # rows also to $OUT/latency_*.json.
 #
@@ -55,5 +56,9 @@ part 100 $PY benchmarks/gpu_latency.py --dtypes bfloat16 --cases short-1,coco80-
 
 # 3. LVIS chunks (eager), batched vs one after another, same run.
 part 60 $PY benchmarks/lvis.py --device cuda --runs 3 --names "$GLIP_SHARED_DIR/data/lvis_v1_class_names.txt"
+
+# 4. Labelling throughput on the GPU (one process, batch 8, GLIP-T at the official test size).
+part 75 $PY benchmarks/label.py --device cuda --processes 1 --images 32 --batch-size 8 --min-size 800 \
+    --max-size 1333
 
 echo "### done in $((SECONDS - START)) s" | tee -a "$LOG"

@@ -16,7 +16,7 @@ and writes, inside the package (so that an installed `glip` never reads `../shar
   `{split, shots, seed, path}` records; every other field is copied unchanged;
 - `glipcli/assets/glip_paper_numbers.yaml`: a byte-for-byte copy of the published numbers.
 
-Re-run it whenever the reference data changes; `tests/test_bench_registry.py` checks the package copy
+Re-run it whenever the reference data changes; `tests/test_odinw_registry.py` checks the package copy
 against the reference data.
 """
 

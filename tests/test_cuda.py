@@ -179,7 +179,7 @@ def test_compiled_forward_equals_eager_on_its_bucket(golden_dir, dtype):
 def test_chunks_batched_equal_one_after_another_on_cuda(golden_dir):
     """A long class list in chunks (120 LVIS names): all six chunks in one head batch give the
     detections of one chunk after another."""
-    from glipcli.chunked import detect_with_spec
+    from glipcli.chunked_detection import detect_with_spec
     from glipcli.prompts.chunking import plan_chunks
     from glipcli.prompts.prompt_file import PromptSpec
     from test_chunking import _assert_same_detections as _same_results
