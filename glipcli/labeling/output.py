@@ -23,6 +23,7 @@ from typing import Any
 from glipcli.errors import GlipError
 from glipcli.io import write_json
 from glipcli.labeling.journal import clear_journals
+from glipcli.outputs import OutputGuard
 
 WORK_DIR = ".glip-label"
 SETTINGS_FILE = "settings.json"
@@ -57,8 +58,7 @@ def plan_output(output: Path, settings: dict[str, Any], overwrite: bool,
                 inputs: Sequence[str | Path] = ()) -> OutputPlan:
     """Decide, reading only, what the run does with `output`. inputs: the images; none may lie
     inside the dataset folder, whose contents a run replaces."""
-    if output.exists() and not output.is_dir():
-        raise GlipError(f"{output}: exists and is not a folder")
+    OutputGuard(overwrite=overwrite, inputs=inputs).folder(output, "--output")  # not a file, input or system folder
     root = Path(os.path.realpath(output))
     for image in inputs:
         if Path(os.path.realpath(image)).is_relative_to(root):
