@@ -29,6 +29,8 @@ from hub_server import HubServer
 from odinw_archives import odinw_zip
 from training_utils import tiny_model_args
 
+pytestmark = pytest.mark.smoke  # the download code also runs against the declared huggingface_hub floor
+
 RACCOON = "odinw_35/Raccoon.zip"
 RACCOON_VAL = "odinw/Raccoon/Raccoon.v2-raw.coco/valid/annotations_without_background.json"
 CHECKPOINT = HUB_CHECKPOINTS["glip-t-c"].filename

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from glipcli.data.coco import load_coco
@@ -259,7 +260,16 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600, env=env)
 
 
-def test_two_processes_write_what_one_writes(shared_dir, small_weights, tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """The single-process run with the workers' one thread each: float sums then split alike."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_processes_write_what_one_writes(shared_dir, small_weights, tmp_path, capsys, one_thread):
     """18 images: two processes take windows of 8 images in turn (10 and 8); the merged dataset
     and the merged `glip detect` JSON equal the single-process ones byte for byte."""
     folder = tmp_path / "photos"
