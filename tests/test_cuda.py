@@ -1,7 +1,8 @@
 """The GPU paths: golden parity on CUDA (torchvision's deformable-convolution kernel instead of the
-CPU formulation), the training losses on CUDA, reduced precision, and batched inference.
+CPU formulation), the training losses on CUDA, reduced precision, batched inference, and the chunks of
+a long class list batched through the head.
 
-These need an NVIDIA GPU and skip without one (CI has none); they were run on an H100."""
+These need an NVIDIA GPU and skip without one (CI has none); docs/performance.md says which ran where."""
 
 from __future__ import annotations
 
