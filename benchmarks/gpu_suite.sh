@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, under 8 minutes on an H200 (each part has its own time limit, and a
 # part that fails or runs out of time leaves the others to run):
-#   1. the CUDA tests (tests/test_cuda.py: golden detections through torchvision's kernel and
-#      through the compiled path, compiled = eager on its bucket, batched chunks = one after another);
-#   2. GLIP-T batch 1 / batch 8, eager and compiled, vs Grounding DINO-T, float32 then bfloat16,
-#      timed interleaved in one process, with the compile (first-call) time (benchmarks/gpu_latency.py);
+#   1. the CUDA tests (tests/test_cuda.py: golden detections through torchvision's kernel,
+#      reduced precision, batched = one by one, batched chunks = one after another);
+#   2. GLIP-T batch 1 / batch 8 vs Grounding DINO-T, float32 then bfloat16, timed interleaved in
+#      one process (benchmarks/gpu_latency.py);
 #   3. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk;
 #   4. `glip label` images/s on the GPU (benchmarks/label.py).
 # Everything printed goes to $OUT/gpu_suite.log (default OUT: bench-results/gpu), the latency
@@ -12,8 +12,6 @@
 #
 #   bash benchmarks/gpu_pack_shared.sh        # once, beside the checkout: copies ../shared's needed files to ./shared
 #   bash benchmarks/gpu_suite.sh              # GLIP_SHARED_DIR: default ./shared if present, else ../shared
-#
-# COMPILE_MODE (default reduce-overhead) picks the torch.compile mode of the compiled way.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results/gpu}
@@ -26,7 +24,6 @@ if [ -z "${GLIP_SHARED_DIR:-}" ]; then
 fi
 export GLIP_SHARED_DIR
 PY=${PYTHON:-python3}
-MODE=${COMPILE_MODE:-reduce-overhead}
 START=$SECONDS
 
 # part LIMIT_S COMMAND...: run it with a time limit, log it, never stop the suite
@@ -39,7 +36,7 @@ part() {
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 $PY -c "import torch, torchvision, transformers; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" 2>&1 | tee -a "$LOG"
-echo "GLIP_SHARED_DIR=$GLIP_SHARED_DIR compile mode $MODE" | tee -a "$LOG"
+echo "GLIP_SHARED_DIR=$GLIP_SHARED_DIR" | tee -a "$LOG"
 
 # 1. CUDA tests; cases whose reference files were not carried are deselected.
 DESELECT=()
@@ -50,9 +47,9 @@ part 140 $PY -m pytest -q -p no:cacheprovider --durations=5 tests/test_cuda.py $
 
 # 2. Latency: float32 (batch 1 and 8, 6 classes), then bfloat16 (batch 1, 6 and 80 classes).
 part 150 $PY benchmarks/gpu_latency.py --dtypes float32 --cases short-1,short-8 --runs 10 \
-    --compile-mode "$MODE" --json "$OUT/latency_fp32.json"
+    --json "$OUT/latency_fp32.json"
 part 100 $PY benchmarks/gpu_latency.py --dtypes bfloat16 --cases short-1,coco80-1 --runs 10 \
-    --compile-mode "$MODE" --json "$OUT/latency_bf16.json"
+    --json "$OUT/latency_bf16.json"
 
 # 3. LVIS chunks (eager), batched vs one after another, same run.
 part 60 $PY benchmarks/lvis.py --device cuda --runs 3 --names "$GLIP_SHARED_DIR/data/lvis_v1_class_names.txt"

@@ -27,9 +27,7 @@ from glipcli.data.transforms import batch_images
 from glipcli.device import autocast, resolve_device, resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.grounding import GroundedPhrase, GroundingResult, PhraseSpec, grounding_phrases, top_boxes_per_phrase
-from glipcli.modeling.anchors import grid_anchors
-from glipcli.modeling.compiled import CompiledGLIP, expand_for_prompts
-from glipcli.modeling.glip import GLIP
+from glipcli.modeling.glip import GLIP, expand_for_prompts
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, Detections, phrase_scores, rescale_boxes
 from glipcli.prompts.caption import Phrase, detection_caption
@@ -88,14 +86,10 @@ class GLIPPredictor:
     at every call). None: cast on the CPU, where autocast's per-call casts cost more than they
     save and the weights' memory halves; autocast on GPUs. prompt_batch_size: prompts (chunks of
     a long class list) the head reads in one batch (`detect_tensor_prompts`); None: 8 prompt-images
-    a call on a GPU, 2 on the CPU. compile: run the forward under `torch.compile` (True:
-    mode "reduce-overhead", CUDA graphs on a GPU; or a mode name) over padded size buckets
-    (`glipcli.modeling.compiled`): the first call of each bucket compiles (tens of seconds), later
-    ones skip most of the launch overhead. Off by default: a one-image run would only pay."""
+    a call on a GPU, 2 on the CPU."""
 
     def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                 cast_weights: bool | None = None, prompt_batch_size: int | None = None,
-                 compile: bool | str = False):
+                 cast_weights: bool | None = None, prompt_batch_size: int | None = None):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if cast_weights is None:
@@ -110,9 +104,6 @@ class GLIPPredictor:
         if prompt_batch_size is not None and prompt_batch_size < 1:
             raise GlipError(f"prompt batch size must be at least 1 (got {prompt_batch_size})")
         self.prompt_batch_size = prompt_batch_size
-        self.compiled: CompiledGLIP | None = None
-        if compile:
-            self.compiled = CompiledGLIP(self.model, mode="reduce-overhead" if compile is True else compile)
 
     @classmethod
     def from_pretrained(cls, model: str | GLIPConfig | None = None, weights: str | Path | None = None,
@@ -197,10 +188,8 @@ class GLIPPredictor:
         images = images.to(self.device, self.dtype if self.cast_weights else None)
         batch = images.shape[0]
         group = self.prompt_batch_size or _default_prompt_batch(self.device, batch)
-        features = None
-        if self.compiled is None:
-            with self._autocast():
-                features = self.model.backbone(images)
+        with self._autocast():
+            features = self.model.backbone(images)
         results = []
         for start in range(0, len(prompts), group):
             chosen = prompts[start:start + group]
@@ -208,21 +197,13 @@ class GLIPPredictor:
             # prompt-major: row p * batch + b is prompt p over image b
             text = texts[0] if len(chosen) == 1 else TextFeatures.stack([_repeat_text(t, batch) for t in texts])
             with self._autocast():
-                if self.compiled is not None:
-                    token_logits, box_regression, centerness = self.compiled(
-                        images, _repeat_text(text, batch * len(chosen)), prompts=len(chosen))
-                    anchors = grid_anchors([r.shape[-2:] for r in box_regression], self.cfg.anchors.sizes,
-                                           self.cfg.anchors.strides, device=self.device)
-                else:
-                    outputs = self.model.forward_head(expand_for_prompts(features, len(chosen)), text)
-                    token_logits, box_regression, centerness = (outputs.head.token_logits,
-                                                                outputs.head.box_regression, outputs.head.centerness)
-                    anchors = outputs.anchors
-            anchors = [a.float() for a in anchors]
+                outputs = self.model.forward_head(expand_for_prompts(features, len(chosen)), text)
+            head = outputs.head
+            anchors = [a.float() for a in outputs.anchors]
             for p, prompt in enumerate(chosen):
                 rows = slice(p * batch, (p + 1) * batch)
-                args = ([r[rows].float() for r in box_regression], [c[rows].float() for c in centerness],
-                        [phrase_scores(logits[rows].float(), prompt.token_spans) for logits in token_logits],
+                args = ([r[rows].float() for r in head.box_regression], [c[rows].float() for c in head.centerness],
+                        [phrase_scores(logits[rows].float(), prompt.token_spans) for logits in head.token_logits],
                         anchors, image_sizes)
                 if cap:
                     results.append(self.postprocessor(*args))

@@ -1,7 +1,8 @@
 """The GPU paths: golden parity on CUDA (torchvision's deformable-convolution kernel instead of the
-CPU formulation), the training losses on CUDA, reduced precision, and batched inference.
+CPU formulation), the training losses on CUDA, reduced precision, batched inference, and the chunks of
+a long class list batched through the head.
 
-These need an NVIDIA GPU and skip without one (CI has none); they were run on an H100."""
+These need an NVIDIA GPU and skip without one (CI has none); docs/performance.md says which ran where."""
 
 from __future__ import annotations
 
@@ -117,63 +118,7 @@ def test_batched_inference_on_cuda_equals_one_by_one(golden_dir):
             assert max(abs(x - y) for x, y in zip(a.box_xyxy, b.box_xyxy)) < 1e-2
 
 
-# ---------------------------------------------------------------- the fast paths on CUDA
-
-
-def _golden_case(golden_dir, case="det"):
-    inputs = load(str(golden_dir / "tiny" / "inputs.safetensors"))
-    ref = load(str(golden_dir / "tiny" / f"outputs_{case}.safetensors"))
-    image_hw = tuple(inputs["image_size_hw"].tolist())
-    return inputs["image_tensor"].cuda(), image_hw, ref, _prompt(golden_dir, "tiny", case)
-
-
-def test_compiled_forward_gives_the_golden_detections(golden_dir):
-    """torch.compile(mode="reduce-overhead") (CUDA graphs) with buckets every 32 pixels, so the
-    golden image is not padded further: the official detections and groundings (both captions
-    pad to the same 32 tokens: one compiled graph), on the compiling call, the recording call
-    and the replays."""
-    from glipcli.modeling.compiled import CompiledGLIP
-
-    model = _cuda_copy(golden_model(str(golden_dir / "tiny")))
-    predictor = GLIPPredictor(model, device="cuda")
-    predictor.compiled = CompiledGLIP(model, mode="reduce-overhead", step=32)
-    for case in ("det", "grounding", "det", "grounding"):
-        image, image_hw, ref, prompt = _golden_case(golden_dir, case)
-        assert predictor.compiled.padded_size(*image.shape[-2:]) == tuple(image.shape[-2:])
-        (dets,) = predictor.detect_tensor(image, [image_hw], prompt)
-        _assert_same_detections(dets.boxes.cpu(), dets.scores.cpu(), dets.labels.cpu(),
-                                ref["final_boxes_resized"], ref["final_scores"], ref["final_labels"])
-
-
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_compiled_forward_equals_eager_on_its_bucket(golden_dir, dtype):
-    """The default buckets pad the image (and the caption); the compiled path equals the eager
-    model run on the same padded image (float32: batch 1 and 2; bfloat16: batch 1)."""
-    from glipcli.modeling.compiled import pad_images
-
-    model = _cuda_copy(golden_model(str(golden_dir / "tiny")))
-    eager = GLIPPredictor(model, device="cuda", dtype=dtype)
-    fast = GLIPPredictor(model, device="cuda", dtype=dtype, compile=True)
-    image, image_hw, _, prompt = _golden_case(golden_dir)
-    # 448 pixels wide: between the bucket edges 384 and 512, so the compiled path pads it
-    image, image_hw = image[..., :448].contiguous(), (image_hw[0], min(image_hw[1], 448))
-    padded_hw = fast.compiled.padded_size(*image.shape[-2:])
-    assert padded_hw == (image.shape[-2], 512)
-    tol = 1e-4 if dtype == "float32" else 2e-2
-    for batch in (1, 2) if dtype == "float32" else (1,):  # each batch size is one more compile
-        images = image.expand(batch, -1, -1, -1)
-        expected = eager.detect_tensor(pad_images(images, *padded_hw), [image_hw] * batch, prompt)
-        for _ in range(3):
-            got = fast.detect_tensor(images, [image_hw] * batch, prompt)
-            for a, b in zip(got, expected, strict=True):
-                if dtype == "float32":
-                    _assert_same_detections(a.boxes.cpu(), a.scores.cpu(), a.labels.cpu(),
-                                            b.boxes.cpu(), b.scores.cpu(), b.labels.cpu())
-                else:  # bf16 rounding differs between fused and unfused kernels: the top boxes agree
-                    top = b.scores.argsort(descending=True)[:10]
-                    for i in top.tolist():
-                        same = (a.labels == b.labels[i]) & ((a.boxes - b.boxes[i]).abs().amax(dim=1) < 2.0)
-                        assert same.any() and (a.scores[same] - b.scores[i]).abs().min() < tol
+# ---------------------------------------------------------------- chunks batched through the head
 
 
 def test_chunks_batched_equal_one_after_another_on_cuda(golden_dir):

@@ -55,6 +55,14 @@ class GLIP(nn.Module):
         return GLIPOutputs(head=head, anchors=anchors, features=features)
 
 
+def expand_for_prompts(features: list[torch.Tensor], prompts: int) -> list[torch.Tensor]:
+    """FPN levels [B, C, H, W] -> [prompts * B, C, H, W], prompt-major (row p * B + b is
+    prompt p over image b): the image features shared by a batch of captions."""
+    if prompts == 1:
+        return features
+    return [f.unsqueeze(0).expand(prompts, *f.shape).reshape(-1, *f.shape[1:]) for f in features]
+
+
 def _expand_text(text: TextFeatures, batch: int) -> TextFeatures:
     if text.hidden.shape[0] != 1:
         raise ValueError(f"text batch {text.hidden.shape[0]} does not match image batch {batch}")

@@ -119,9 +119,7 @@ class BiMultiHeadAttention(nn.Module):
         logits = logits.clamp(-c, c) if grad else logits.clamp_(-c, c)
         probs_l = logits.softmax(dim=1)  # text->vision: over the N positions, per (head, token)
         per_head = logits.view(b, n, heads, length)
-        # Skipping a mask of all ones saves a pass; deciding so reads the mask on the host, which
-        # a compiled graph (CUDA graphs) cannot do, so there the mask is always applied.
-        if text_mask is not None and (torch.compiler.is_compiling() or not bool(text_mask.all())):
+        if text_mask is not None and not bool(text_mask.all()):
             # In float32 (the official code adds a float32 mask): -9e15 overflows float16.
             per_head = per_head.float().masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
         probs_v = per_head.softmax(dim=-1).to(probs_l.dtype).view(b, n, heads * length)

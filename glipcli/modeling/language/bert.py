@@ -27,16 +27,14 @@ class TextFeatures:
     aggregate: torch.Tensor
 
     @staticmethod
-    def stack(parts: "list[TextFeatures]", length: int | None = None) -> "TextFeatures":
-        """Captions of different lengths as one batch [sum B_i, L, D], L = `length` or the
-        longest: the extra positions are padding (zero features, mask 0), which no real token
-        ever attends to, so each caption's real tokens get what they would get alone."""
-        length = max(p.hidden.shape[1] for p in parts) if length is None else length
+    def stack(parts: "list[TextFeatures]") -> "TextFeatures":
+        """Captions of different lengths as one batch [sum B_i, L, D], L the longest: the extra
+        positions are padding (zero features, mask 0), which no real token ever attends to, so
+        each caption's real tokens get what they would get alone."""
+        length = max(p.hidden.shape[1] for p in parts)
 
         def pad(t: torch.Tensor) -> torch.Tensor:
             extra = length - t.shape[1]
-            if extra < 0:
-                raise ValueError(f"caption of {t.shape[1]} tokens does not fit {length}")
             return t if extra == 0 else torch.cat([t, t.new_zeros((t.shape[0], extra, *t.shape[2:]))], dim=1)
 
         return TextFeatures(hidden=torch.cat([pad(p.hidden) for p in parts]),
