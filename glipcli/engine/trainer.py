@@ -279,15 +279,15 @@ class Trainer(TrainingRun):
 
     def _save_checkpoint(self) -> None:
         name = ckpt.checkpoint_name(self.state.epoch, self.state.step)
-        if self.is_prompt:
-            write_model = lambda path: ckpt.save_tensors(path, {"text_offset": self._offset()})  # noqa: E731
-        else:
-            write_model = lambda path: save_safetensors(self._glip(), path,  # noqa: E731
-                                                        extra_metadata=self._training_metadata())
-        self._write_checkpoint(name, write_model, self._state_dict, {**self._position(),
-                                                                      "global_step": self.state.global_step})
+        self._write_checkpoint(name, {**self._position(), "global_step": self.state.global_step})
         self._log("checkpoint", name=name, **self._position())
         self.accelerator.wait_for_everyone()
+
+    def _write_model(self, path: Path) -> None:
+        if self.is_prompt:
+            ckpt.save_tensors(path, {"text_offset": self._offset()})
+        else:
+            save_safetensors(self._glip(), path, extra_metadata=self._training_metadata())
 
     def _state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self.state, k) for k in RunState.__dataclass_fields__}

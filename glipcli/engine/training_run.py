@@ -134,11 +134,11 @@ class TrainingRun:
         self.layout.check(out, resume=self.resume or self._restarted)
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def _write_checkpoint(self, name: str, write_model: Callable[[Path], Any], state: Callable[[], dict[str, Any]],
-                          info: dict[str, Any]) -> None:
+    def _write_checkpoint(self, name: str, info: dict[str, Any]) -> None:
         """Write checkpoint `name` (every process its generator states; the main process the
-        weights through `write_model(path)`, `state()` with the grad scaler's, and the
-        optimiser) and make it the latest; GlipError instead when a trained weight is not finite."""
+        weights through `_write_model`, the run state `_state_dict()` with the grad scaler's, and
+        the optimiser's) and make it the latest (`info` goes into its pointer); GlipError instead
+        when a trained weight is not finite."""
         acc = self.accelerator
         check_finite(self.trainable, "the checkpoint")
         if self.main:
@@ -147,8 +147,8 @@ class TrainingRun:
         tmp = ckpt.temporary_dir(self.output_dir, name)
         ckpt.save_tensors(tmp / f"rng-{acc.process_index}.safetensors", ckpt.rng_tensors())
         if self.main:
-            write_model(tmp / ckpt.MODEL_FILE)
-            saved = state()
+            self._write_model(tmp / ckpt.MODEL_FILE)
+            saved = self._state_dict()
             if acc.scaler is not None:
                 saved["grad_scaler"] = acc.scaler.state_dict()
             ckpt.save_state(tmp / ckpt.STATE_FILE, saved, self.optimizer.state_dict())
@@ -258,6 +258,14 @@ class TrainingRun:
         raise NotImplementedError
 
     def _save_checkpoint(self) -> None:
+        raise NotImplementedError
+
+    def _write_model(self, path: Path) -> None:
+        """The checkpoint's weights file."""
+        raise NotImplementedError
+
+    def _state_dict(self) -> dict[str, Any]:
+        """Where the run stands, with its settings (`config`) and `processes`, for the checkpoint."""
         raise NotImplementedError
 
     def _already_finished(self):

@@ -205,13 +205,15 @@ class Pretrainer(TrainingRun):
     def _save_checkpoint(self) -> None:
         start = time.perf_counter()
         name = f"step-{self.state.global_step:07d}"
-        self._write_checkpoint(name, lambda path: save_safetensors(self.model, path), self._state_dict,
-                               {"global_step": self.state.global_step})
+        self._write_checkpoint(name, {"global_step": self.state.global_step})
         self._log("checkpoint", name=name, global_step=self.state.global_step,
                   seconds=round(time.perf_counter() - start, 3))
         self.accelerator.wait_for_everyone()
         self._save_seconds = time.perf_counter() - start
         self._last_checkpoint = self.clock()
+
+    def _write_model(self, path: Path) -> None:
+        save_safetensors(self.model, path)
 
     def _state_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self.state), "config": self.config.to_dict(),
