@@ -146,6 +146,7 @@ def _run_folder(output: Path | None, data: Path | None, resume: bool) -> Path:
     latest run there."""
     if output is not None:
         return output
+    # deferred import: keeps `glip --help` fast
     from glipcli.cli.training_options import default_run_folder
     from glipcli.engine.run_folders import run_name
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
@@ -421,8 +422,6 @@ class Trainer(TrainingRun):
             result = evaluate(self._glip(), data, self.prompt, self.config.eval_batch_size, acc.device,
                               indices, text_transform=transform)
         if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
             holder = [result]
             broadcast_object_list(holder)
             result = holder[0]
