@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from glipcli.engine.run_settings import RunSettings, flag as _flag
+from glipcli.engine.run_settings import RunSettings
+from glipcli.engine.run_settings import flag as _flag
 from glipcli.errors import GlipError
 from glipcli.nano.pretrain_data import TextSettings
 

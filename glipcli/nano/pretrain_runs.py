@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from glipcli.checkpoint import config_from_record
+from glipcli.engine.training_run import has_checkpoint
 from glipcli.errors import GlipError
 from glipcli.io import read_json
 from glipcli.modeling.glip import GLIP
@@ -25,7 +26,6 @@ from glipcli.nano.pretrain import LAYOUT, RUN_FILE, Pretrainer, PretrainResult
 from glipcli.nano.pretrain_config import PretrainConfig
 from glipcli.nano.pretrain_data import CocoGroundingSource, PretrainSource, WorldSource
 from glipcli.nano.pretrain_model import build_pretrain_model
-from glipcli.engine.training_run import has_checkpoint
 from glipcli.outputs import OutputGuard
 
 WORLD_IMAGES = 100_000  # scenes in the generated world's stream (an epoch), by default
