@@ -24,8 +24,8 @@ from glipcli.nano.pretrain_data import (PretrainCollate, PretrainDataset, Pretra
                                         TextSettings, WorldSource, sample_detection_labels, sample_text,
                                         swap_left_right, with_steps)
 from glipcli.nano.synthetic import WorldConfig
-from glipcli.nano.pretrain import (PretrainConfig, Pretrainer, TextEncoderCache, export_weights, lr_factor,
-                                     own_state)
+from glipcli.nano.export import export_weights, own_state
+from glipcli.nano.pretrain import PretrainConfig, Pretrainer, TextEncoderCache, lr_factor
 from glipcli.errors import GlipError
 from glipcli.losses import GLIPLoss, TrainTarget
 from glipcli.modeling.glip import GLIP

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from glipcli.cli.app import app, stderr
-from glipcli.errors import GlipError
 from glipcli.cli import ranges
 
 DATA, MODEL, LENGTH, RECIPE, RUN = "Data", "Model", "Length", "Recipe", "Run"
@@ -122,81 +120,23 @@ def pretrain(
     import torch
 
     # deferred import: keeps `glip --help` fast
-    from glipcli.nano.pretrain import (PretrainConfig, Pretrainer, check_pretrain_folder, export_weights,
-                                       has_checkpoint, read_run)
+    from glipcli.nano.pretrain_runs import PretrainRequest, run_pretraining
 
     output = _run_folder(output, data, resume)
     if threads is not None:
         torch.set_num_threads(threads)
-    if resume:
-        run = read_run(output)
-    check_pretrain_folder(output, resume=resume, inputs=[data, init, export])
-    if export is not None:
-        # deferred import: keeps `glip --help` fast
-        from glipcli.outputs import OutputGuard
-
-        OutputGuard(overwrite=overwrite, inputs=[data, init]).file(export, "--export")
-    given: dict[str, Any] = dict(
+    options: dict[str, Any] = dict(
         seed=seed, steps=steps, epochs=epochs, minutes=minutes, schedule_steps=schedule_steps,
-        batch_size=batch_size, lr=lr,
-        weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps, grounding_ratio=grounding_ratio,
-        max_labels=max_labels, hard_negatives=hard_negatives, attribute_labels=attribute_labels, augment=augment, dropout=dropout,
-        mixed_precision=mixed_precision,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
+        grounding_ratio=grounding_ratio, max_labels=max_labels, hard_negatives=hard_negatives,
+        attribute_labels=attribute_labels, augment=augment, dropout=dropout, mixed_precision=mixed_precision,
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
-    given = {k: v for k, v in given.items() if v is not None}
-    if resume:
-        stored = PretrainConfig.from_dict(run["config"])
-        # deferred import: keeps `glip --help` fast
-        from glipcli.nano.pretrain import RESUME_FREE
-
-        for key, value in given.items():
-            if key not in RESUME_FREE and getattr(stored, key) != value:
-                raise GlipError(f"--resume: the run was started with --{key.replace('_', '-')} {getattr(stored, key)}, "
-                                f"not {value} (a resumed run continues with its own settings)")
-        config = dataclasses.replace(stored, **{k: v for k, v in given.items() if k in RESUME_FREE})
-        try:
-            source = _resumed_source(run, data, world_images)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise GlipError(f"{output}/run.json: damaged run record (source: {type(exc).__name__} {exc})") from None
-        if preset is not None or init is not None:
-            raise GlipError("--resume takes the model from the run's checkpoint: leave out --preset and --init")
-        if has_checkpoint(output):
-            model, text_encoder = _resumed_model(run), run.get("text_encoder")
-        else:  # stopped before its first checkpoint: the Pretrainer starts it afresh (and says so)
-            from glipcli.nano.pretrain import build_pretrain_model
-
-            started = run.get("model") or {}
-            model, text_encoder = build_pretrain_model(started.get("preset") or "nano", init=started.get("init"),
-                                                       seed=config.seed)
-        run_info = {key: run[key] for key in ("model",) if key in run}
-    else:
-        config = PretrainConfig(**given)
-        if preset is not None and init is not None:
-            raise GlipError("give --preset (from scratch) or --init (from weights), not both")
-        source = _source(data, world_images, config.seed)
-        # deferred import: keeps `glip --help` fast
-        from glipcli.nano.pretrain import build_pretrain_model
-
-        model, text_encoder = build_pretrain_model(preset or "nano", init=init, seed=config.seed)
-        run_info = {"model": {"preset": None if init is not None else (preset or "nano"),
-                              "init": None if init is None else str(init.resolve())}}
-    trainer = Pretrainer(model, source, config, output, text_encoder=text_encoder, resume=resume, cpu=cpu,
-                         progress=progress, console=stderr, run_info=run_info)
-    result = trainer.fit()
-    if not result.main_process:
-        return
-    if export is not None:
-        if not result.state.finished:
-            raise GlipError(f"{output}: the run has not finished; nothing exported")
-        import json
-
-        summary = {"steps": result.state.global_step, "images": result.state.samples,
-                   "train_seconds": round(result.state.train_seconds, 1), "seed": config.seed,
-                   "stop_reason": result.state.stop_reason, "schedule_steps": result.state.horizon,
-                   "source": source.describe(), "recipe": config.to_dict(),
-                   "replay": f"--seed {config.seed} --steps {result.state.global_step} "
-                             f"--schedule-steps {result.state.horizon}"}
-        path = export_weights(trainer.model, export, extra_metadata={"glip_pretrain": json.dumps(summary)})
+    request = PretrainRequest(output=output, data=data, world_images=world_images, preset=preset, init=init,
+                              options=options, resume=resume, export=export, overwrite=overwrite, cpu=cpu,
+                              progress=progress)
+    result = run_pretraining(request, console=stderr)
+    if result.exported is not None:
+        path = result.exported
         stderr.print(f"exported {path} ({path.stat().st_size / 1e6:.1f} MB, float16, without the text encoder)",
                      highlight=False, markup=False, soft_wrap=True)
 
@@ -206,44 +146,10 @@ def _run_folder(output: Path | None, data: Path | None, resume: bool) -> Path:
     latest run there."""
     if output is not None:
         return output
+    # deferred import: keeps `glip --help` fast
     from glipcli.cli.training_options import default_run_folder
     from glipcli.engine.run_folders import run_name
 
     name = run_name(data.resolve().name) if data is not None else "world"
     return default_run_folder("pretrain", name, resume, any_data=resume and data is None)
 
-
-def _source(data: Path | None, world_images: int | None, seed: int):
-    # deferred import: keeps `glip --help` fast
-    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
-
-    if data is not None:
-        if world_images is not None:
-            raise GlipError("--world-images applies to the generated world, not to --data")
-        return CocoGroundingSource(data)
-    return WorldSource(seed=seed, images=world_images if world_images is not None else 100_000)
-
-
-def _resumed_source(run: dict, data: Path | None, world_images: int | None):
-    # deferred import: keeps `glip --help` fast
-    from glipcli.nano.pretrain_data import CocoGroundingSource, WorldSource
-
-    described = run.get("source") or {}
-    if described.get("kind") == "coco":
-        if data is not None and (data / "train" / "_annotations.coco.json").resolve() != Path(described["ann_file"]):
-            raise GlipError(f"--resume: the run was pre-trained on {described['ann_file']}, not {data}")
-        return CocoGroundingSource(ann_file=described["ann_file"], grounding_file=described.get("grounding_file"))
-    if data is not None:
-        raise GlipError("--resume: the run was pre-trained on the generated world, not on --data")
-    if world_images is not None and world_images != described.get("images"):
-        raise GlipError(f"--resume: the run was started with --world-images {described.get('images')}")
-    return WorldSource(seed=described["seed"], images=described["images"],
-                       captions_per_image=described.get("captions_per_image", 2))
-
-
-def _resumed_model(run: dict):
-    # deferred import: keeps `glip --help` fast
-    from glipcli.checkpoint import config_from_record
-    from glipcli.modeling.glip import GLIP
-
-    return GLIP(config_from_record(run.get("model_config"), "the run's run.json"))

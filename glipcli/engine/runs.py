@@ -21,7 +21,8 @@ from glipcli.data.coco import load_coco
 from glipcli.data.dataset_source import resolve_splits
 from glipcli.data.splits import SplitPaths
 from glipcli.engine.train_config import TrainConfig
-from glipcli.engine.trainer import RUN_FILE, TrainData, Trainer, TrainResult, check_run_folder, has_checkpoint
+from glipcli.engine.trainer import LAYOUT, RUN_FILE, TrainData, Trainer, TrainResult
+from glipcli.engine.training_run import has_checkpoint
 from glipcli.errors import GlipError, clip, excerpt
 from glipcli.io import read_json
 from glipcli.modeling.glip import GLIP
@@ -101,13 +102,7 @@ def _resumed_request(request: RunRequest, run: dict[str, Any]) -> tuple[RunReque
     if run.get("task") != request.task:
         raise GlipError(f"--resume: {request.output} holds a {excerpt(run.get('task'))} run, "
                         f"not {excerpt(request.task)}")
-    stored = TrainConfig.from_dict(run["config"])
-    for key, value in request.options.items():
-        if value is not None and getattr(stored, key) != value and key != "num_workers":
-            raise GlipError(f"--resume: the run was started with --{key.replace('_', '-')} {getattr(stored, key)}, "
-                            f"not {value} (a resumed run continues with its own settings)")
-    config = dataclasses.replace(stored, **{k: v for k, v in request.options.items()
-                                            if k == "num_workers" and v is not None})
+    config = TrainConfig.from_dict(run["config"]).resumed_with(request.options)
     data = run.get("data") or {}
     given = {"train": (request.train_ann, request.train_images), "valid": (request.val_ann, request.val_images),
              "test": (request.test_ann, request.test_images)}
@@ -153,7 +148,7 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
               request.config, request.data]
     if request.resume:
         run = _read_run(output)
-        check_run_folder(output, resume=True, inputs=inputs)
+        LAYOUT.check(output, resume=True, inputs=inputs)
         try:
             request, config = _resumed_request(request, run)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -162,7 +157,7 @@ def run_training(request: RunRequest, **trainer_kwargs: Any) -> TrainResult:
         if not has_checkpoint(output):
             run = None  # stopped before its first checkpoint: the Trainer starts it afresh (and says so)
     else:
-        check_run_folder(output, inputs=inputs)
+        LAYOUT.check(output, inputs=inputs)
         config = TrainConfig(task=request.task, **{k: v for k, v in request.options.items() if v is not None})
     splits = resolve_splits(request.data, train_ann=request.train_ann, train_images=request.train_images,
                             val_ann=request.val_ann, val_images=request.val_images,

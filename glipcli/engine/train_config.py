@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from glipcli.data.fewshot import default_patience, default_schedule
+from glipcli.engine.run_settings import RunSettings, flag as _flag
 from glipcli.errors import GlipError, excerpt
 
 TASKS = ("full", "linear-probe", "prompt")
@@ -33,8 +33,11 @@ MAX_SEED = 2**32 - 1  # every generator seeded from it (torch, Python) takes it
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """None means "the official default for this task and number of shots" (see `resolved`)."""
+class TrainConfig(RunSettings):
+    """None means "the official default for this task and number of shots" (see `resolved`).
+    Serialised, compared on resume (all but `RESUME_FREE`) as `RunSettings`."""
+
+    resume_free = RESUME_FREE
 
     task: str = "full"
     shots: int = 0
@@ -99,26 +102,3 @@ class TrainConfig:
             lr_patience=self.lr_patience if self.lr_patience is not None else lr_patience,
             stop_patience=self.stop_patience if self.stop_patience is not None else stop_patience,
         )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
-    def differences(self, other: "TrainConfig") -> list[str]:
-        """Settings (other than RESUME_FREE) in which `other` differs, as 'flag: mine -> theirs'."""
-        out = []
-        for f in dataclasses.fields(self):
-            if f.name in RESUME_FREE:
-                continue
-            mine, theirs = getattr(self, f.name), getattr(other, f.name)
-            if mine != theirs:
-                out.append(f"{_flag(f.name)} {mine} (given: {theirs})")
-        return out
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")

@@ -37,17 +37,15 @@ its equal slice; the main process evaluates, logs and writes files.
 from __future__ import annotations
 
 import json
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import broadcast_object_list
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch import nn
 from torch.utils.data import DataLoader
 
 from glipcli.checkpoint import load_checkpoint, save_safetensors
@@ -58,43 +56,30 @@ from glipcli.data.train_dataset import TrainBatch, TrainCollate, TrainDataset
 from glipcli.data.train_transforms import TrainTransform
 from glipcli.data.training_prompt import TrainingPrompt, build_training_prompt
 from glipcli.engine import training_state as ckpt
-from glipcli.engine.divergence import DivergenceCheck, check_finite
+from glipcli.engine.divergence import check_finite
 from glipcli.engine.evaluate import evaluate
-from glipcli.engine.process import GracefulInterrupt, make_accelerator
+from glipcli.engine.process import make_accelerator
 from glipcli.engine.prompt_tuning import PromptAdapter, TextOffset, add_text_offset, load_adapter, model_identity
 from glipcli.engine.schedule import EarlyStopping, PlateauSchedule
 from glipcli.engine.train_config import TrainConfig
+from glipcli.engine.train_module import GroundingTrainModule
+from glipcli.engine.training_run import LOG_FILE, RUN_FILE, RunLayout, TrainingRun, write_json
 from glipcli.engine.trainable import TrainablePlan, configure_trainable, param_groups
-from glipcli.errors import GlipError, clip, excerpt
+from glipcli.errors import GlipError, excerpt
 from glipcli.evaluation.metrics import DetectionMetrics
-from glipcli.io import atomic_write, finite_or_null, json_text
+from glipcli.io import atomic_write
 from glipcli.losses import GLIPLoss
-from glipcli.modeling.glip import GLIP, GLIPOutputs
-from glipcli.outputs import OutputGuard
+from glipcli.modeling.glip import GLIP
 from glipcli.prompts.prompt_file import PromptSpec
 
-RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
-LOG_FILE = "log.jsonl"
 PROMPT_FILE = "prompt.yaml"
 BEST_MODEL = "model_best.safetensors"
 BEST_ADAPTER = "adapter_best.safetensors"
 
 
 RUN_FOLDER_FILES = (RUN_FILE, PROMPT_FILE, LOG_FILE, METRICS_FILE, BEST_MODEL, BEST_ADAPTER, ckpt.CHECKPOINTS)
-
-
-def check_run_folder(output: str | Path, resume: bool = False, inputs=(), option: str = "--output") -> None:
-    """Check, before anything is loaded, every file a training run writes into `output`
-    (`glipcli.outputs.OutputGuard.run_folder`): without `resume`, none may exist; none may be an
-    input (e.g. `--prompt-file OUTPUT/prompt.yaml`)."""
-
-    OutputGuard(inputs=inputs).run_folder(output, RUN_FOLDER_FILES, option, resume=resume, what="training run")
-
-
-def has_checkpoint(output: str | Path) -> bool:
-    """Whether a run folder holds a complete checkpoint to resume from."""
-    return ckpt.latest(Path(output)) is not None
+LAYOUT = RunLayout("training run", RUN_FOLDER_FILES)
 
 
 @dataclass
@@ -134,37 +119,16 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-class GroundingTrainModule(nn.Module):
-    """What is trained: GLIP, plus the prompt offset when prompt tuning. With a frozen language
-    backbone the text is encoded once (without gradients) and reused."""
-
-    def __init__(self, glip: GLIP, text_offset: TextOffset | None = None, frozen_text: bool = False):
-        super().__init__()
-        self.glip = glip
-        self.text_offset = text_offset
-        self.frozen_text = frozen_text
-        self._text_cache = None
-
-    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> GLIPOutputs:
-        if self.frozen_text:
-            if self._text_cache is None:
-                with torch.no_grad():
-                    self._text_cache = self.glip.encode_text(input_ids, attention_mask)
-            text = self._text_cache
-        else:
-            text = self.glip.encode_text(input_ids, attention_mask)
-        if self.text_offset is not None:
-            text = self.text_offset(text)
-        return self.glip(images, text)
-
-
-class Trainer:
+class Trainer(TrainingRun):
     """Fine-tunes `model` (in place) on `data` as `config` says, writing into `output_dir`.
 
     prompt_spec: class texts / prefixes / suffixes / suppression phrases for the caption (None:
     the dataset's category names). resume: continue the run in `output_dir` (`config` must be
     the run's). run_info: extra facts for run.json (e.g. where the weights came from).
-    step_callback: called after every optimiser step (tests interrupt a run through it)."""
+    step_callback: called after every optimiser step (tests interrupt a run through it).
+    The folder, log, checkpoints, Ctrl-C and resume are `TrainingRun`'s."""
+
+    layout = LAYOUT
 
     def __init__(self, model: GLIP, data: TrainData, config: TrainConfig, output_dir: str | Path, *,
                  prompt_spec: PromptSpec | None = None, resume: bool = False, accelerator=None,
@@ -173,46 +137,14 @@ class Trainer:
         self.model = model
         self.data = data
         self.config = config.resolved()
-        self.output_dir = Path(output_dir)
         self.prompt_spec = prompt_spec
-        self.resume = resume
-        self.run_info = dict(run_info or {})
-        self.step_callback = step_callback
-        self.console = console or Console(stderr=True)
-        self.show_progress = progress
         if accelerator is None:
             accelerator = make_accelerator(self.config.mixed_precision, cpu)
-        self.accelerator = accelerator
+        super().__init__(output_dir, accelerator, resume=resume, progress=progress, console=console,
+                         run_info=run_info, step_callback=step_callback)
         self.is_prompt = self.config.task == "prompt"
-        self._at_step_boundary = False  # the state matches the weights (a checkpoint may be taken)
-        self._interrupt = GracefulInterrupt(self._say)
-        self._divergence = DivergenceCheck()
-        self._restarted = False  # --resume of a run that stopped before its first checkpoint
 
     # -- set-up ---------------------------------------------------------------------------------
-    def _check_output_dir(self) -> None:
-        """The run folder's files are the run's own: a new run refuses a folder holding any of
-        them (a user's own prompt.yaml or log.jsonl included); `--resume` continues from the
-        latest checkpoint, or starts afresh, saying so, a run stopped before its first one."""
-        out = self.output_dir
-        if self.resume and ckpt.latest(out) is None:
-            if not (out / RUN_FILE).is_file():
-                raise GlipError(f"{out}: no training run to resume ({RUN_FILE} is missing)")
-            self.resume = False
-            self._restarted = True
-        check_run_folder(out, resume=self.resume or self._restarted)
-
-    def _log(self, event: str, **fields: Any) -> None:
-        if not self.accelerator.is_main_process:
-            return
-        record = {"event": event, "time": round(time.time(), 3), **fields}
-        with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as f:
-            f.write(json_text(finite_or_null(record), self.output_dir / LOG_FILE, default=_json_default) + "\n")
-
-    def _say(self, text: str) -> None:
-        if self.accelerator.is_main_process:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
-
     def _setup(self) -> None:
         cfg = self.config
         acc = self.accelerator
@@ -342,56 +274,33 @@ class Trainer:
             "history": history,
             "test": None if test is None else _test_entry(test),
         }
-        if self.accelerator.is_main_process:
-            text = json_text(metrics, self.output_dir / METRICS_FILE, indent=2, default=_json_default) + "\n"
-            atomic_write(self.output_dir / METRICS_FILE, lambda p: p.write_text(text))
+        if self.main:
+            write_json(self.output_dir / METRICS_FILE, metrics)
         return metrics
 
     def _save_checkpoint(self) -> None:
-        acc = self.accelerator
-        check_finite(self.trainable, "the checkpoint")
         name = ckpt.checkpoint_name(self.state.epoch, self.state.step)
-        if acc.is_main_process:
-            tmp = ckpt.prepare_temporary(self.output_dir, name)
-        acc.wait_for_everyone()
-        tmp = ckpt.temporary_dir(self.output_dir, name)
-        ckpt.save_tensors(tmp / f"rng-{acc.process_index}.safetensors", ckpt.rng_tensors())
-        if acc.is_main_process:
-            if self.is_prompt:
-                ckpt.save_tensors(tmp / ckpt.MODEL_FILE, {"text_offset": self._offset()})
-            else:
-                save_safetensors(self._glip(), tmp / ckpt.MODEL_FILE, extra_metadata=self._training_metadata())
-            ckpt.save_state(tmp / ckpt.STATE_FILE, self._state_dict(), self.optimizer.state_dict())
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            ckpt.commit(self.output_dir, name, {"epoch": self.state.epoch, "step": self.state.step,
-                                                "global_step": self.state.global_step})
-            self._log("checkpoint", name=name, epoch=self.state.epoch, step=self.state.step)
-        acc.wait_for_everyone()
+        self._write_checkpoint(name, {**self._position(), "global_step": self.state.global_step})
+        self._log("checkpoint", name=name, **self._position())
+        self.accelerator.wait_for_everyone()
+
+    def _write_model(self, path: Path) -> None:
+        if self.is_prompt:
+            ckpt.save_tensors(path, {"text_offset": self._offset()})
+        else:
+            save_safetensors(self._glip(), path, extra_metadata=self._training_metadata())
 
     def _state_dict(self) -> dict[str, Any]:
         state = {k: getattr(self.state, k) for k in RunState.__dataclass_fields__}
         state.update(config=self.config.to_dict(), plateau=self.plateau.state_dict(),
                      early_stopping=self.stopper.state_dict(), train_images=len(self.train_indices),
                      caption=self.prompt.caption, processes=self.accelerator.num_processes)
-        if self.accelerator.scaler is not None:
-            state["grad_scaler"] = self.accelerator.scaler.state_dict()
         if self.is_prompt:
             state["base_model"] = self.base_identity
         return state
 
     def _load_checkpoint(self) -> None:
-        acc = self.accelerator
-        folder = ckpt.latest(self.output_dir)
-        saved, optimizer_state = ckpt.load_state(folder / ckpt.STATE_FILE)
-        stored = TrainConfig.from_dict(saved["config"])
-        differences = stored.differences(self.config)
-        if differences:
-            raise GlipError(f"--resume: {self.output_dir} was trained with " + "; ".join(differences)
-                            + " (a resumed run continues with its own settings)")
-        if saved.get("processes", 1) != acc.num_processes:
-            raise GlipError(f"--resume: the run used {saved.get('processes')} processes, this one {acc.num_processes} "
-                            "(the batch order depends on it)")
+        folder, saved, optimizer_state = self._read_checkpoint("trained")
         if saved.get("caption") != self.prompt.caption:
             raise GlipError(f"--resume: the run was trained with the caption {excerpt(saved.get('caption'))}, "
                             f"not {excerpt(self.prompt.caption)} (different classes or prompt file)")
@@ -406,62 +315,28 @@ class Trainer:
                 self._offset().copy_(tensors["text_offset"])
         else:
             load_checkpoint(self._glip(), folder / ckpt.MODEL_FILE)
-        self.optimizer.load_state_dict(optimizer_state)
         self.plateau.load_state_dict(saved["plateau"])
         self.stopper.load_state_dict(saved["early_stopping"])
         self.state = RunState(**{k: saved[k] for k in RunState.__dataclass_fields__})
-        if acc.scaler is not None and "grad_scaler" in saved:
-            acc.scaler.load_state_dict(saved["grad_scaler"])
-        rng_file = folder / f"rng-{acc.process_index}.safetensors"
-        rng, _ = ckpt.load_tensors(rng_file)
-        ckpt.restore_rng(rng)
+        self._restore_checkpoint(folder, saved, optimizer_state)
 
     # -- training -----------------------------------------------------------------------------------
-    def fit(self) -> TrainResult:
-        acc = self.accelerator
-        self._check_output_dir()
-        if acc.is_main_process:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-        acc.wait_for_everyone()
-        torch.manual_seed(self.config.seed + acc.process_index)
-        self._setup()
-        if self.resume:
-            try:
-                self._load_checkpoint()
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a state of another shape
-                raise GlipError(f"{ckpt.latest(self.output_dir)}: damaged checkpoint ({type(exc).__name__}: "
-                                f"{clip(exc, 120)}); delete checkpoints/ to start the run afresh") from None
-            if self.state.finished:
-                raise GlipError(f"{self.output_dir}: this run has finished (see {METRICS_FILE}); nothing to resume")
-            self._log("resume", epoch=self.state.epoch, step=self.state.step, global_step=self.state.global_step)
-            self._say(f"resuming at epoch {self.state.epoch + 1}, step {self.state.step}")
-        else:
-            if self._restarted:
-                self._say(f"note: {self.output_dir} holds no checkpoint yet (the run stopped before its first one): "
-                          "starting it afresh with its own settings")
-            self._start_files()
-        self._interrupt.install(self.accelerator.num_processes)
-        try:
-            self._train_epochs()
-            return self._finish()
-        except KeyboardInterrupt:
-            if acc.num_processes == 1 and self._at_step_boundary and not self.state.finished:
-                self._save_checkpoint()
-                self._log("interrupted", epoch=self.state.epoch, step=self.state.step)
-                self._say(f"interrupted at epoch {self.state.epoch + 1}, step {self.state.step}; checkpoint saved, "
-                          f"continue with --resume --output {self.output_dir}")
-            else:
-                self._say(f"interrupted; continue from the last checkpoint with --resume --output {self.output_dir}")
-            raise
-        finally:
-            self._interrupt.restore()
+    def _where(self) -> str:
+        return f"epoch {self.state.epoch + 1}, step {self.state.step}"
+
+    def _position(self) -> dict[str, Any]:
+        return {"epoch": self.state.epoch, "step": self.state.step}
+
+    def _resume_fields(self) -> dict[str, Any]:
+        return {**self._position(), "global_step": self.state.global_step}
+
+    def _already_finished(self):
+        raise GlipError(f"{self.output_dir}: this run has finished (see {METRICS_FILE}); nothing to resume")
 
     def _start_files(self) -> None:
         if not self.accelerator.is_main_process:
             return
-        record = self._run_record()
-        text = json_text(record, self.output_dir / RUN_FILE, indent=2, default=_json_default) + "\n"
-        atomic_write(self.output_dir / RUN_FILE, lambda p: p.write_text(text))
+        write_json(self.output_dir / RUN_FILE, self._run_record())
         header = (f"The caption glip {self.config.task} trained with. Detect with it:\n"
                   f"  glip detect IMAGES --prompt-file {PROMPT_FILE} --weights ...")
         spec_text = self.prompt.spec.to_yaml(header=header)
@@ -486,7 +361,7 @@ class Trainer:
                         TimeRemainingColumn(), console=self.console,
                         disable=not (self.show_progress and self.accelerator.is_main_process))
 
-    def _train_epochs(self) -> None:
+    def _train(self) -> None:
         cfg = self.config
         steps = len(self.batches)
         with self._progress() as progress:
@@ -533,22 +408,7 @@ class Trainer:
             outputs = self.module(batch.images, self.input_ids, self.attention_mask)
         mask = self.attention_mask.expand(size, -1)
         losses = self.loss_fn(outputs, batch.targets, mask)
-        total = sum(losses.values())
-        acc.backward(total)
-        if self.config.grad_clip > 0:
-            norm = acc.clip_grad_norm_(self.trainable, self.config.grad_clip)
-        else:
-            norm = torch.tensor(0.0)
-        finite = bool(torch.isfinite(torch.as_tensor(norm)).all()) and bool(torch.isfinite(total.detach()))
-        loss_finite = bool(torch.isfinite(total.detach()))  # fp16: the grad scaler's overflow steps are normal
-        self._divergence.step(finite if acc.mixed_precision != "fp16" else loss_finite, self.state.global_step + 1,
-                              float(total.detach()))
-        if finite or acc.mixed_precision == "fp16":  # fp16: the grad scaler skips bad steps itself
-            self.optimizer.step()
-        else:
-            self.state.skipped_steps += 1
-            self._log("skipped_step", reason="non-finite loss or gradient", global_step=self.state.global_step + 1)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._optimizer_step(sum(losses.values()), self.config.grad_clip)
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def _evaluate(self, data: CocoDetectionData, indices) -> DetectionMetrics | None:
@@ -562,8 +422,6 @@ class Trainer:
             result = evaluate(self._glip(), data, self.prompt, self.config.eval_batch_size, acc.device,
                               indices, text_transform=transform)
         if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
             holder = [result]
             broadcast_object_list(holder)
             result = holder[0]
@@ -629,12 +487,3 @@ def _test_entry(result: DetectionMetrics) -> dict[str, Any]:
     return {"metrics": dict(result.metrics), "per_class_ap": dict(result.per_category),
             "num_images": result.num_images, "num_detections": result.num_detections}
 
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
