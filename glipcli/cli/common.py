@@ -168,3 +168,31 @@ def finish(outcome: RunOutcome, total: int) -> None:
         raise GlipError(f"none of the {total} images could be read (listed above); nothing was written")
     raise GlipError(f"{len(outcome.failures)} of {total} images could not be read (listed above); "
                     f"the outputs hold the other {total - len(outcome.failures)}")
+
+
+def adapter_and_spec(adapter: Path | None, prompts: list[str] | None, classes_file: Path | None,
+                     prompt_file: Path | None):
+    """(the prompt-tuning adapter or None, the prompt spec): without a prompt given, an adapter's
+    own tuned prompt."""
+    # deferred imports: keep `glip --help` fast
+    from glipcli.engine.prompt_tuning import load_adapter
+    from glipcli.prompts.prompt_file import PromptSpec, load_prompt_spec
+
+    tuned = load_adapter(adapter) if adapter is not None else None
+    if tuned is not None and prompts is None and classes_file is None and prompt_file is None:
+        return tuned, PromptSpec.from_yaml_text(tuned.prompt_yaml)
+    return tuned, load_prompt_spec(prompts=prompts, classes_file=classes_file, prompt_file=prompt_file)
+
+
+def apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
+    """Check that the adapter fits the model and the prompt (one caption, the tuned one), then
+    attach it to the model's text encoder."""
+    # deferred import: keeps `glip --help` fast
+    from glipcli.prompts.chunking import plan_chunks
+
+    tuned.check_model(predictor.model, source=source)
+    plan = plan_chunks(spec, max_tokens=predictor.cfg.language.max_query_len, chunk_size=chunk_size)
+    if len(plan.chunks) != 1:
+        raise GlipError(f"{source} belongs to one caption; this prompt needs {len(plan.chunks)} captions")
+    tuned.check_prompt(plan.chunks[0].prompt, source=source)
+    tuned.attach(predictor.model, source=source)

@@ -12,7 +12,8 @@ from rich.text import Text
 from glipcli.cli.app import app, stdout
 from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
                                 OutputFiles, OverwriteOpt, QuietOpt, RunOutcome, SaveVisOpt, StrictOpt,
-                                WeightsOpt, finish, load_predictor, model_file, run_images)
+                                WeightsOpt, adapter_and_spec, apply_adapter, finish, load_predictor, model_file,
+                                run_images)
 from glipcli.errors import GlipError
 from glipcli.cli import ranges
 
@@ -76,17 +77,8 @@ def detect(
         given = prompt or classes_file or prompt_file
         spec = onnx_model.check_spec(load_prompt_spec(prompts=prompt, classes_file=classes_file,
                                                       prompt_file=prompt_file) if given else None)
-    elif adapter is not None:
-        from glipcli.engine.prompt_tuning import load_adapter
-        from glipcli.prompts.prompt_file import PromptSpec
-
-        tuned = load_adapter(adapter)
-        if prompt is None and classes_file is None and prompt_file is None:
-            spec = PromptSpec.from_yaml_text(tuned.prompt_yaml)
-        else:
-            spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
     else:
-        spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
+        tuned, spec = adapter_and_spec(adapter, prompt, classes_file, prompt_file)
     sources = expand_image_args(images)
     if (coco_results is None) != (coco_gt is None):
         raise GlipError("--coco-results and --coco-gt go together: the ground truth gives the ids")
@@ -116,7 +108,7 @@ def detect(
         predictor = load_predictor(model, weights, config, workers.device(device), dtype)
 
         if tuned is not None:
-            _apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
+            apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))
 
         # One caption, or several for a long class list; a plain class list gives exactly the
         # detections of `GLIPPredictor.iter_predict`.
@@ -138,20 +130,6 @@ def detect(
 
         outputs.write_json(coco_results, to_coco(outcome.results, coco_index), quiet)
     finish(outcome, len(sources))
-
-
-def _apply_adapter(predictor, tuned, spec, chunk_size, source: str) -> None:
-    """Check that the adapter fits the model and the prompt (one caption, the tuned one), then
-    attach it to the model's text encoder."""
-    # deferred import: keeps `glip --help` fast
-    from glipcli.prompts.chunking import plan_chunks
-
-    tuned.check_model(predictor.model, source=source)
-    plan = plan_chunks(spec, max_tokens=predictor.cfg.language.max_query_len, chunk_size=chunk_size)
-    if len(plan.chunks) != 1:
-        raise GlipError(f"{source} belongs to one caption; this prompt needs {len(plan.chunks)} captions")
-    tuned.check_prompt(plan.chunks[0].prompt, source=source)
-    tuned.attach(predictor.model, source=source)
 
 
 def _gather_outcome(workers, outcome: RunOutcome, shard: list[int]) -> RunOutcome | None:

@@ -9,7 +9,8 @@ import typer
 
 from glipcli.cli import ranges
 from glipcli.cli.app import app, stderr
-from glipcli.cli.common import ConfigOpt, ModelOpt, OverwriteOpt, QuietOpt, WeightsOpt, load_predictor, model_file
+from glipcli.cli.common import (ConfigOpt, ModelOpt, OverwriteOpt, QuietOpt, WeightsOpt, adapter_and_spec, apply_adapter,
+                                load_predictor, model_file)
 from glipcli.errors import GlipError
 
 
@@ -43,26 +44,14 @@ def export(
 
     Run it with `glip detect --model FILE.onnx IMAGES` or with onnxruntime alone (examples/onnx_infer.py).
     """
-    # deferred imports: keep `glip --help` fast
+    # deferred import: keeps `glip --help` fast
     from glipcli.export.onnx_export import check_opset, check_output
-    from glipcli.prompts.prompt_file import PromptSpec, load_prompt_spec
 
     if format.lower() != "onnx":
         raise GlipError(f"unknown export format {format!r}; the only one is onnx")
     check_opset(opset)
     check_output(output, overwrite, inputs=[weights, config, adapter, prompt_file, classes_file, model_file(model)])
-    tuned = None
-    if adapter is not None:
-        # deferred import: keeps `glip --help` fast
-        from glipcli.engine.prompt_tuning import load_adapter
-
-        tuned = load_adapter(adapter)
-        if prompt is None and classes_file is None and prompt_file is None:
-            spec = PromptSpec.from_yaml_text(tuned.prompt_yaml)
-        else:
-            spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
-    else:
-        spec = load_prompt_spec(prompts=prompt, classes_file=classes_file, prompt_file=prompt_file)
+    tuned, spec = adapter_and_spec(adapter, prompt, classes_file, prompt_file)
     try:
         import onnx  # noqa: F401
     except ImportError:
@@ -73,10 +62,7 @@ def export(
 
     predictor = load_predictor(model, weights, config, "cpu", "float32")
     if tuned is not None:
-        # deferred import: keeps `glip --help` fast
-        from glipcli.cli.detect import _apply_adapter
-
-        _apply_adapter(predictor, tuned, spec, None, str(adapter))
+        apply_adapter(predictor, tuned, spec, None, str(adapter))
     if not quiet:
         stderr.print(f"exporting {len(spec.names)} classes to {output} ...", highlight=False)
     meta = export_onnx(predictor, spec, output, opset=opset, overwrite=overwrite, model_name=model or "",
