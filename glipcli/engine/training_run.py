@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ class RunLayout:
         OutputGuard(inputs=inputs).run_folder(output, self.files, option, resume=resume, what=self.what)
 
 
-class TrainingRun:
+class TrainingRun(ABC):
     """The skeleton of a training loop; subclasses set `layout` and implement the hooks below
     (`_setup`, `_start_files`, `_load_checkpoint`, `_train`, `_finish`, `_where`, ...).
 
@@ -242,43 +243,53 @@ class TrainingRun:
             self._interrupt.restore()
 
     # -- hooks ----------------------------------------------------------------------------------
+    @abstractmethod
     def _setup(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _load_checkpoint(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _start_files(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _train(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _finish(self):
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _save_checkpoint(self) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _write_model(self, path: Path) -> None:
         """The checkpoint's weights file."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _state_dict(self) -> dict[str, Any]:
         """Where the run stands, with its settings (`config`) and `processes`, for the checkpoint."""
-        raise NotImplementedError
+        ...
 
     def _already_finished(self):
         """A `--resume` of a finished run."""
         raise GlipError(f"{self.output_dir}: this {self.layout.what} has finished; nothing to resume")
 
+    @abstractmethod
     def _where(self) -> str:
         """Where the run stands, for the console ("epoch 2, step 3")."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def _position(self) -> dict[str, Any]:
         """Where the run stands, for the log."""
-        raise NotImplementedError
+        ...
 
     def _resume_fields(self) -> dict[str, Any]:
         return self._position()
