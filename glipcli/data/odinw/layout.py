@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glipcli.data.odinw.registry import OdinwDataset, name_key
+from glipcli.data.splits import ROBOFLOW_ANNOTATION_FILE, roboflow_annotation_files
 from glipcli.errors import GlipError
 
-ROBOFLOW_ANNOTATION_FILE = "_annotations.coco.json"
 ROBOFLOW_SPLIT_FOLDERS = {
     "train": ("train",),
     "val": ("valid", "val", "validation"),
@@ -158,14 +158,8 @@ def _locate_official(entry: OdinwDataset, data_root: Path) -> tuple[dict[str, Sp
 def roboflow_export_splits(folder: Path) -> dict[str, SplitFiles]:
     """The splits of a Roboflow export `folder/{train,valid,test}/_annotations.coco.json` (by registry
     split name: `valid` -> `val`; `mini_val` -> `minival`)."""
-    splits: dict[str, SplitFiles] = {}
-    for split, names in ROBOFLOW_SPLIT_FOLDERS.items():
-        for name in names:
-            ann = folder / name / ROBOFLOW_ANNOTATION_FILE
-            if ann.is_file():
-                splits[split] = SplitFiles(ann, ann.parent)
-                break
-    return splits
+    return {split: SplitFiles(ann, ann.parent)
+            for split, ann in roboflow_annotation_files(folder, ROBOFLOW_SPLIT_FOLDERS).items()}
 
 
 def _roboflow_candidates(entry: OdinwDataset, data_root: Path) -> list[Path]:
