@@ -5,6 +5,7 @@ Each measured case runs in its own Python process so that its peak RSS is its ow
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -90,3 +91,49 @@ def machine_description() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
+
+
+def autocast_context(device: str, dtype: str):
+    """torch.autocast for a reduced dtype, nothing for float32."""
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
+
+
+def grounding_dino(device: str):
+    """Grounding DINO-T (transformers, its default config, seeded random weights: no hub here),
+    its image processor and the BERT tokenizer: (model, processor, tokenizer)."""
+    import torch
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
+
+    from glipcli.prompts.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval().to(device)
+    return model, GroundingDinoImageProcessor(), load_tokenizer()
+
+
+def gdino_step(model, processor, tokenizer, classes: list[str], batch: int, device: str, dtype: str
+               ) -> Callable[[], None]:
+    """One Grounding DINO-T detection of `classes` in `batch` test images (preprocessing, model,
+    thresholding at 0.3), GPU-synchronised, as a function to time."""
+    import torch
+
+    caption = ". ".join(classes) + "."
+    images = [test_image()] * batch
+
+    def run() -> None:
+        with torch.inference_mode(), autocast_context(device, dtype):
+            pixels = processor(images=images, return_tensors="pt")
+            text = tokenizer([caption] * batch, padding=True, return_tensors="pt")
+            out = model(pixel_values=pixels["pixel_values"].to(device), pixel_mask=pixels["pixel_mask"].to(device),
+                        input_ids=text["input_ids"].to(device), attention_mask=text["attention_mask"].to(device),
+                        token_type_ids=text["token_type_ids"].to(device))
+            scores = out.logits.sigmoid().amax(-1)
+            _ = out.pred_boxes[scores > 0.3]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return run

@@ -14,7 +14,6 @@ medians, the ratio GLIP-T / Grounding DINO-T of the times and that of the images
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
@@ -22,7 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import COCO_CLASSES, SHORT_CLASSES, machine_description, test_image  # noqa: E402
+from common import (COCO_CLASSES, SHORT_CLASSES, gdino_step, grounding_dino, machine_description,  # noqa: E402
+                    test_image)
 
 PROMPTS = {"short": SHORT_CLASSES, "coco80": COCO_CLASSES}
 
@@ -34,14 +34,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _autocast(device: str, dtype: str):
-    import torch
-
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
-
-
 def glip_way(predictor, classes: list[str], batch: int):
     import torch
 
@@ -50,25 +42,6 @@ def glip_way(predictor, classes: list[str], batch: int):
     def run():
         with torch.inference_mode():
             predictor.predict(images, classes, batch_size=batch)
-
-    return run
-
-
-def gdino_way(model, processor, tokenizer, classes: list[str], batch: int, device: str, dtype: str):
-    import torch
-
-    caption = ". ".join(classes) + "."
-    images = [test_image()] * batch
-
-    def run():
-        with torch.inference_mode(), _autocast(device, dtype):
-            pixels = processor(images=images, return_tensors="pt")
-            text = tokenizer([caption] * batch, padding=True, return_tensors="pt")
-            out = model(pixel_values=pixels["pixel_values"].to(device), pixel_mask=pixels["pixel_mask"].to(device),
-                        input_ids=text["input_ids"].to(device), attention_mask=text["attention_mask"].to(device),
-                        token_type_ids=text["token_type_ids"].to(device))
-            scores = out.logits.sigmoid().amax(-1)
-            _ = out.pred_boxes[scores > 0.3]
 
     return run
 
@@ -114,13 +87,7 @@ def main() -> None:
     model = GLIP(get_preset(args.preset))
     gdino = None
     if not args.no_gdino:
-        from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
-
-        from glipcli.prompts.tokenizer import load_tokenizer
-
-        torch.manual_seed(0)
-        gdino = (GroundingDinoForObjectDetection(GroundingDinoConfig()).eval().to(args.device),
-                 GroundingDinoImageProcessor(), load_tokenizer())
+        gdino = grounding_dino(args.device)
 
     rows = []
     for dtype in args.dtypes.split(","):
@@ -130,7 +97,7 @@ def main() -> None:
             classes, batch = PROMPTS[prompt], int(batch)
             ways = {"glip": glip_way(predictor, classes, batch)}
             if gdino is not None:
-                ways["gdino"] = gdino_way(*gdino, classes, batch, args.device, dtype)
+                ways["gdino"] = gdino_step(*gdino, classes, batch, args.device, dtype)
             row = {"case": case, "dtype": dtype, "batch": batch}
             row.update(interleaved(ways, args.runs, args.device))
             print(json.dumps(row), flush=True)

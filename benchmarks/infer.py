@@ -13,24 +13,16 @@ process, and the ratio ours / Grounding DINO-T for the same prompt and batch siz
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import COCO_CLASSES, SHORT_CLASSES, machine_description, measure, run_worker, test_image  # noqa: E402
+from common import (COCO_CLASSES, SHORT_CLASSES, gdino_step, grounding_dino, machine_description, measure,  # noqa: E402
+                    run_worker, test_image)
 
 PROMPTS = {"short": SHORT_CLASSES, "coco80": COCO_CLASSES}
 ALL_CASES = [f"{model}-{prompt}-{batch}" for prompt in PROMPTS for batch in (1, 4) for model in ("gdino", "glip")]
-
-
-def _autocast(device: str, dtype: str):
-    import torch
-
-    if dtype == "float32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype))
 
 
 def _glip_fn(classes, batch, device, dtype):
@@ -56,32 +48,7 @@ def _glip_fn(classes, batch, device, dtype):
 
 
 def _gdino_fn(classes, batch, device, dtype):
-    import torch
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
-
-    from glipcli.prompts.tokenizer import load_tokenizer
-
-    torch.manual_seed(0)
-    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).eval().to(device)
-    processor = GroundingDinoImageProcessor()
-    tokenizer = load_tokenizer()
-    caption = ". ".join(classes) + "."
-    images = [test_image()] * batch
-
-    def run():
-        with torch.inference_mode(), _autocast(device, dtype):
-            pixels = processor(images=images, return_tensors="pt")
-            text = tokenizer([caption] * batch, padding=True, return_tensors="pt")
-            out = model(pixel_values=pixels["pixel_values"].to(device), pixel_mask=pixels["pixel_mask"].to(device),
-                        input_ids=text["input_ids"].to(device), attention_mask=text["attention_mask"].to(device),
-                        token_type_ids=text["token_type_ids"].to(device))
-            scores = out.logits.sigmoid().amax(-1)
-            keep = scores > 0.3
-            _ = out.pred_boxes[keep]
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    return run
+    return gdino_step(*grounding_dino(device), classes, batch, device, dtype)
 
 
 def worker(args) -> None:
