@@ -141,8 +141,9 @@ def test_attribute_naming_names_every_box_by_one_attribute_with_negatives_of_tha
 
 def test_world_samples_are_grounded_and_deterministic():
     source = _world()
-    # the pre-training vocabulary: 102 colour-shape names, then 9 shapes and 12 colours
-    assert len(source.categories) == 102 + 9 + 12
+    # the second edition's vocabulary: 17 seen shapes x 12 colours - 6 held-out pairs = 198
+    # colour-shape names, then the 17 shapes and the 12 colours
+    assert len(source.categories) == 198 + 17 + 12
     assert [source.categories[i] for i in source.category_groups["shape"]][:2] == ["circle", "square"]
     assert len(source.category_groups["colour"]) == 12
     assert not {"purple star", "orange circle"} & set(source.categories)  # held-out combinations
@@ -245,7 +246,7 @@ def test_tiny_pretraining_lowers_the_loss(tmp_path):
     events = [e["event"] for e in _log(tmp_path / "run")]
     assert events[0] == "start" and events.count("step") == 30 and events[-2:] == ["checkpoint", "end"]
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["kind"] == "glip-pretrain" and run["source"]["kind"] == "world" and len(run["categories"]) == 123
+    assert run["kind"] == "glip-pretrain" and run["source"]["kind"] == "world" and len(run["categories"]) == 227
     assert result.model_path == tmp_path / "run" / "model.safetensors" and result.model_path.is_file()
 
 

@@ -10,8 +10,9 @@ import re
 import numpy as np
 import pytest
 
-from glipcli.nano.synthetic import (COLOURS, SHAPES, CategoryScheme, HeldOut, ObjectSpec, SyntheticWorld,
-                                    WorldConfig, spatial_relation, write_coco_dataset)
+from glipcli.nano.synthetic import (CLASSIC_SHAPES, COLOURS, EXTRA_SHAPES, SHAPES, WORLD_EDITIONS, CategoryScheme,
+                                    HeldOut, ObjectSpec, SyntheticWorld, WorldConfig, spatial_relation,
+                                    write_coco_dataset)
 from glipcli.nano.synthetic.render import shape_coverage
 from glipcli.nano.synthetic.vocabulary import (COUNT_WORDS, PATTERNS, SIZES, category_text, parse_combo,
                                                synonym_words)
@@ -71,7 +72,7 @@ def test_shapes_are_distinct_masks():
 
 
 def test_boxes_lie_inside_images_and_cover_the_object_colours():
-    world = _world(2, backgrounds=("solid",), pattern_probability=0.0)
+    world = _world(2, backgrounds=("solid",), pattern_probability=0.0, clutter=0.0)
     occluded = 0
     for i in range(25):
         scene = world.scene(i)
@@ -192,10 +193,88 @@ def test_pretraining_never_shows_held_out_combos_shape_or_wording():
                 assert obj.shape != held.shape
                 seen.add((obj.colour, obj.shape))
             for caption in world.captions(scene, 2):
-                assert not set(re.findall(r"[a-z]+", caption.text)) & banned, caption.text
-    # The held-out colours and shapes are still seen, with other partners.
+                words = set(re.findall(r"[a-z]+", caption.text))
+                assert not words & banned, caption.text
+                assert not words & {"arrow", "arrows"}, caption.text
+    # The held-out colours and shapes are still seen, with other partners, and so is every
+    # shape family of the second edition.
     assert {"purple", "orange", "green"} <= {c for c, _ in seen}
     assert {"star", "circle", "triangle"} <= {s for _, s in seen}
+    assert set(EXTRA_SHAPES) <= {s for _, s in seen}
+
+
+def test_the_held_out_shape_is_kept_out_by_the_rules_not_by_chance():
+    for edition, config in WORLD_EDITIONS.items():
+        world = SyntheticWorld(0, config=config)
+        rules = world.rules("pretrain")
+        assert "arrow" not in rules.shapes and all(s != "arrow" for _, s in rules.combos()), edition
+        assert not set(rules.combos()) & world.held_out.combos, edition
+    assert set(WORLD_EDITIONS[2].pretrain_shapes) == set(SHAPES)
+    assert WORLD_EDITIONS[1].pretrain_shapes == CLASSIC_SHAPES and WORLD_EDITIONS[1].clutter == 0.0
+    # Whatever the edition, the evaluation tasks draw the classic shapes only.
+    for task in ("unseen-combos", "novel-shape"):
+        assert set(SyntheticWorld(0).rules(task).shapes) <= set(CLASSIC_SHAPES)
+
+
+def test_first_edition_evaluation_scenes_are_unchanged():
+    """The held-out data `glip bench synthetic` generates (first edition, seed 1) is what it was
+    when the first nano was measured: the objects and boxes below were made by that code."""
+    world = SyntheticWorld(1, config=WORLD_EDITIONS[1])
+    unseen = world.scene(0, "unseen-combos", stream="test")
+    assert [(o.colour, o.shape, o.box) for o in unseen.objects] == [
+        ("red", "hexagon", (18, 23, 63, 69)), ("orange", "ring", (15, 146, 71, 70)),
+        ("pink", "hexagon", (142, 156, 28, 31)), ("purple", "diamond", (154, 43, 38, 61)),
+        ("black", "circle", (40, 84, 86, 86)), ("orange", "triangle", (71, 154, 56, 56))]
+    novel = world.scene(7, "novel-shape", stream="test")
+    assert [(o.colour, o.shape, o.box) for o in novel.objects] == [
+        ("red", "circle", (134, 21, 38, 38)), ("orange", "ring", (166, 135, 38, 38)),
+        ("black", "arrow", (113, 136, 24, 38)), ("yellow", "diamond", (89, 73, 23, 36))]
+
+
+@pytest.mark.parametrize("rotation, wide", [(0.0, True), (90.0, False)])
+def test_elongated_shapes_have_the_drawn_aspect_ratio(rotation, wide):
+    for shape, aspect in (("bar", 5.0), ("ellipse", 2.0)):
+        alpha = shape_coverage(shape, 100.0, 100.0, 60.0, rotation, aspect=aspect).alpha >= 0.5
+        ys, xs = np.nonzero(alpha)
+        width, height = xs.max() - xs.min() + 1, ys.max() - ys.min() + 1
+        ratio = width / height if wide else height / width
+        assert abs(ratio - aspect) < 0.1 * aspect, (shape, rotation, ratio)
+
+
+def test_scenes_draw_varied_aspect_ratios_for_elongated_shapes():
+    world = _world(4, pretrain_shapes=("bar", "circle"))
+    aspects = [o.aspect for i in range(30) for o in world.scene(i).objects if o.shape == "bar"]
+    assert len(aspects) > 10 and min(aspects) >= 2.5 and max(aspects) <= 6.0
+    assert max(aspects) - min(aspects) > 1.5
+    assert all(o.aspect is None for i in range(10) for o in world.scene(i).objects if o.shape == "circle")
+
+
+def test_clutter_is_painted_but_never_annotated():
+    plain = _world(3, backgrounds=("solid",), pattern_probability=0.0, clutter=0.0)
+    busy = _world(3, backgrounds=("solid",), pattern_probability=0.0, clutter=1.0)
+    cluttered = 0
+    for i in range(10):
+        a, b = plain.scene(i), busy.scene(i)
+        for scene in (a, b):
+            off = np.abs(scene.image.astype(int) - np.array(scene.background_rgb)).max(-1) > 30
+            near = np.pad(scene.owner >= 0, 2)  # objects and their anti-aliased rims
+            near = np.any([np.roll(np.roll(near, dy, 0), dx, 1) for dy in range(-2, 3) for dx in range(-2, 3)],
+                          axis=0)[2:-2, 2:-2]
+            if scene is a:
+                assert not off[~near].any()  # without clutter the background is plain
+            else:
+                cluttered += int(off[~near].sum() > 0)
+        assert all(o.shape in SHAPES for o in b.objects)  # clutter adds no objects
+    assert cluttered == 10
+
+
+def test_world_config_reads_first_edition_records():
+    old = dataclasses.asdict(WORLD_EDITIONS[1])
+    del old["pretrain_shapes"], old["clutter"]  # a record written before the second edition
+    assert WorldConfig.from_record(json.loads(json.dumps(old))) == WORLD_EDITIONS[1]
+    assert WorldConfig.from_record(json.loads(json.dumps(dataclasses.asdict(WORLD_EDITIONS[2])))) == WORLD_EDITIONS[2]
+    with pytest.raises(GlipError, match="damaged world settings"):
+        WorldConfig.from_record({"size_range": 5})
 
 
 def test_evaluation_tasks_focus_on_the_held_out_concepts():
@@ -231,7 +310,7 @@ def test_written_dataset_loads_with_pycocotools_and_our_reader(tmp_path):
     root = tmp_path / "shapes"
     report = write_coco_dataset(root, 6, 2, 2, seed=3, config=SMALL, image_format="png")
     assert [s.name for s in report.splits] == ["train", "valid", "test"]
-    assert len(report.categories) == 12 * 9 - 6  # every seen colour-shape pair
+    assert len(report.categories) == 12 * (len(SHAPES) - 1) - 6  # every seen colour-shape pair
     assert "purple star" not in report.categories and not any("arrow" in c for c in report.categories)
 
     coco = COCO(str(root / "train" / "_annotations.coco.json"))

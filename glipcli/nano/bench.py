@@ -53,7 +53,7 @@ from glipcli.engine.train_config import TrainConfig
 from glipcli.engine.trainer import TrainData, Trainer
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write, json_text
-from glipcli.nano.synthetic import CategoryScheme, write_coco_dataset
+from glipcli.nano.synthetic import WORLD_EDITIONS, CategoryScheme, write_coco_dataset
 from glipcli.nano.synthetic.writer import MANIFEST_FILE
 from glipcli.outputs import OutputGuard
 from glipcli.prompts.prompt_file import PromptSpec
@@ -153,7 +153,7 @@ def prepare_data(root: Path, req: SyntheticRequest, say=lambda text: None) -> di
                 out[name] = folder
                 continue
         say(f"generating {name} ({sum(counts.values())} images, seed {req.seed})")
-        write_coco_dataset(folder, seed=req.seed, overwrite=True, **plan)
+        write_coco_dataset(folder, seed=req.seed, overwrite=True, config=WORLD_EDITIONS[1], **plan)
         out[name] = folder
     return out
 

@@ -26,6 +26,7 @@ from glipcli.nano.pretrain import LAYOUT, RUN_FILE, Pretrainer, PretrainResult
 from glipcli.nano.pretrain_config import PretrainConfig
 from glipcli.nano.pretrain_data import CocoGroundingSource, PretrainSource, WorldSource
 from glipcli.nano.pretrain_model import build_pretrain_model
+from glipcli.nano.synthetic import WorldConfig
 from glipcli.outputs import OutputGuard
 
 WORLD_IMAGES = 100_000  # scenes in the generated world's stream (an epoch), by default
@@ -88,6 +89,7 @@ def resumed_source(run: dict, data: Path | None, world_images: int | None) -> Pr
     if world_images is not None and world_images != described.get("images"):
         raise GlipError(f"--resume: the run was started with --world-images {described.get('images')}")
     return WorldSource(seed=described["seed"], images=described["images"],
+                       config=WorldConfig.from_record(described.get("world") or {}),
                        captions_per_image=described.get("captions_per_image", 2))
 
 

@@ -14,13 +14,15 @@ patterns, backgrounds), `tasks` (scene rules, category schemes, named tasks), `w
 
 from glipcli.nano.synthetic.captions import Caption, CaptionPhrase, spatial_relation
 from glipcli.nano.synthetic.tasks import TASKS, CategoryScheme, SceneRules, task_categories, task_rules
-from glipcli.nano.synthetic.vocabulary import (COLOURS, DEFAULT_HELD_OUT_COMBOS, DEFAULT_HELD_OUT_SHAPE, SHAPES,
-                                               HeldOut, category_text, parse_combo)
-from glipcli.nano.synthetic.world import ObjectSpec, Scene, SceneObject, SyntheticWorld, WorldConfig
+from glipcli.nano.synthetic.vocabulary import (CLASSIC_SHAPES, COLOURS, DEFAULT_HELD_OUT_COMBOS,
+                                               DEFAULT_HELD_OUT_SHAPE, EXTRA_SHAPES, SHAPES, HeldOut, category_text,
+                                               parse_combo)
+from glipcli.nano.synthetic.world import WORLD_EDITIONS, ObjectSpec, Scene, SceneObject, SyntheticWorld, WorldConfig
 from glipcli.nano.synthetic.writer import DatasetReport, SplitReport, write_coco_dataset
 
 __all__ = [
-    "COLOURS", "DEFAULT_HELD_OUT_COMBOS", "DEFAULT_HELD_OUT_SHAPE", "SHAPES", "TASKS",
+    "CLASSIC_SHAPES", "COLOURS", "DEFAULT_HELD_OUT_COMBOS", "DEFAULT_HELD_OUT_SHAPE", "EXTRA_SHAPES", "SHAPES",
+    "TASKS", "WORLD_EDITIONS",
     "Caption", "CaptionPhrase", "CategoryScheme", "DatasetReport", "HeldOut", "ObjectSpec", "Scene",
     "SceneObject", "SceneRules", "SplitReport", "SyntheticWorld", "WorldConfig", "category_text",
     "parse_combo", "spatial_relation", "task_categories", "task_rules", "write_coco_dataset",

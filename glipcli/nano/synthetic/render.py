@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from glipcli.errors import GlipError
+from glipcli.nano.synthetic.vocabulary import EXTRA_SHAPES
 
 BACKGROUNDS: tuple[str, ...] = ("solid", "gradient", "noise", "checker", "waves")
 
@@ -25,8 +26,15 @@ BACKGROUNDS: tuple[str, ...] = ("solid", "gradient", "noise", "checker", "waves"
 ROTATION_RANGE: dict[str, float] = {
     "circle": 0.0, "ring": 0.0, "square": 15.0, "diamond": 10.0, "triangle": 15.0, "star": 20.0,
     "cross": 15.0, "hexagon": 30.0, "heart": 15.0, "arrow": 10.0,
+    "bar": 90.0, "ellipse": 90.0, "crescent": 180.0, "bolt": 180.0, "dumbbell": 90.0, "pentagon": 36.0,
+    "semicircle": 180.0, "trapezoid": 15.0,
 }
 RING_INNER = 0.55  # inner radius of a ring, relative to the outer one
+
+# Length / width ratio drawn per object for the shapes whose proportions vary (the others keep one).
+ASPECT_RANGE: dict[str, tuple[float, float]] = {
+    "bar": (2.5, 6.0), "ellipse": (1.4, 2.6), "dumbbell": (2.2, 3.4), "bolt": (1.8, 2.8),
+}
 
 
 def _regular(n: int, radius: float, start_deg: float) -> np.ndarray:
@@ -72,6 +80,76 @@ _POLYGONS: dict[str, np.ndarray] = {
 }
 
 
+def _bar(aspect: float) -> np.ndarray:
+    w = 1.0 / aspect
+    return np.array([(-1.0, -w), (1.0, -w), (1.0, w), (-1.0, w)], dtype=np.float64)
+
+
+def _ellipse(aspect: float, points: int = 64) -> np.ndarray:
+    t = np.linspace(0.0, 2.0 * math.pi, points, endpoint=False)
+    return np.stack([np.cos(t), np.sin(t) / aspect], axis=1)
+
+
+def _bolt(aspect: float) -> np.ndarray:
+    """A lightning flash along x: two slanted strokes joined by a step (concave on both sides)."""
+    h = 1.0 / aspect
+    return np.array([(-1.0, -0.35 * h), (0.05, -h), (-0.05, -0.15 * h), (1.0, 0.35 * h), (-0.05, h),
+                     (0.05, 0.15 * h)], dtype=np.float64)
+
+
+def _semicircle(points: int = 33) -> np.ndarray:
+    t = np.linspace(math.pi, 2.0 * math.pi, points)
+    return np.stack([np.cos(t), np.sin(t) + 0.5], axis=1)  # flat side down, centred on its box
+
+
+_TRAPEZOID = np.array([(-0.5, -0.55), (0.5, -0.55), (1.0, 0.55), (-1.0, 0.55)], dtype=np.float64)
+
+
+def _primitives(shape: str, rotation: float, aspect: float | None) -> list[tuple[str, np.ndarray, int]]:
+    """The second edition's shapes as filled primitives in unit coordinates, rotated:
+    ("polygon", points [n, 2], fill) or ("disc", [[cx, cy, r]], fill); fill 0 cuts a hole."""
+    if aspect is None:
+        lo, hi = ASPECT_RANGE.get(shape, (1.0, 1.0))
+        aspect = (lo + hi) / 2.0
+    if shape == "bar":
+        return [("polygon", _rotate(_bar(aspect), rotation), 255)]
+    if shape == "ellipse":
+        return [("polygon", _rotate(_ellipse(aspect), rotation), 255)]
+    if shape == "bolt":
+        return [("polygon", _rotate(_bolt(aspect), rotation), 255)]
+    if shape == "pentagon":
+        return [("polygon", _rotate(_regular(5, 1.0, -90.0) + np.array([0.0, 0.095]), rotation), 255)]
+    if shape == "semicircle":
+        return [("polygon", _rotate(_semicircle(), rotation), 255)]
+    if shape == "trapezoid":
+        return [("polygon", _rotate(_TRAPEZOID, rotation), 255)]
+    if shape == "crescent":
+        bite = _rotate(np.array([[0.45, 0.0]]), rotation)[0]
+        return [("disc", np.array([[0.0, 0.0, 1.0]]), 255), ("disc", np.array([[bite[0], bite[1], 0.82]]), 0)]
+    if shape == "dumbbell":
+        end = 1.0 - 0.55 * 2.0 / aspect  # ball radius 0.55 x the height budget 2 / aspect
+        ball = 2.0 / aspect * 0.55
+        handle = np.array([(-end, -ball * 0.35), (end, -ball * 0.35), (end, ball * 0.35), (-end, ball * 0.35)])
+        centres = _rotate(np.array([(-end, 0.0), (end, 0.0)]), rotation)
+        return [("polygon", _rotate(handle, rotation), 255)] + [
+            ("disc", np.array([[cx, cy, ball]]), 255) for cx, cy in centres]
+    raise GlipError(f"unknown shape {shape!r}")
+
+
+def _primitive_bounds(primitives: list[tuple[str, np.ndarray, int]]) -> np.ndarray:
+    """Corner points [n, 2] whose bounding box holds every filled primitive."""
+    corners = []
+    for kind, data, fill in primitives:
+        if fill == 0:
+            continue
+        if kind == "polygon":
+            corners.append(data)
+        else:
+            cx, cy, r = data[0]
+            corners.append(np.array([(cx - r, cy - r), (cx + r, cy + r)]))
+    return np.concatenate(corners)
+
+
 def _rotate(points: np.ndarray, degrees: float) -> np.ndarray:
     a = math.radians(degrees)
     rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -91,12 +169,17 @@ class Coverage:
 
 
 def shape_coverage(shape: str, cx: float, cy: float, radius: float, rotation: float = 0.0,
-                   supersample: int = 3) -> Coverage:
+                   supersample: int = 3, aspect: float | None = None) -> Coverage:
     """Rasterise `shape` centred at pixel coordinates (cx, cy) (pixel centres at integer + 0.5)
-    with the given radius in pixels and rotation in degrees (clockwise on screen)."""
+    with the given radius in pixels and rotation in degrees (clockwise on screen). aspect: the
+    length / width ratio of the shapes in `ASPECT_RANGE` (None: the middle of its range)."""
     if radius <= 0:
         raise GlipError(f"shape radius must be positive, got {radius}")
-    if shape in ("circle", "ring"):
+    primitives = None
+    if shape in EXTRA_SHAPES:
+        primitives = _primitives(shape, rotation, aspect)
+        points = _primitive_bounds(primitives)
+    elif shape in ("circle", "ring"):
         points = np.array([(-1.0, -1.0), (1.0, 1.0)])
     elif shape in _POLYGONS:
         points = _rotate(_POLYGONS[shape], rotation)
@@ -111,7 +194,17 @@ def shape_coverage(shape: str, cx: float, cy: float, radius: float, rotation: fl
     canvas = Image.new("L", (w * s, h * s), 0)
     draw = ImageDraw.Draw(canvas)
     local = (points - np.array([x0, y0])) * s  # supersampled patch coordinates
-    if shape in ("circle", "ring"):
+    if primitives is not None:
+        origin = np.array([x0, y0])
+        for kind, data, fill in primitives:
+            if kind == "polygon":
+                draw.polygon([tuple(p) for p in ((data * radius + np.array([cx, cy]) - origin) * s).tolist()],
+                             fill=fill)
+            else:
+                dx, dy, r = data[0]
+                px, py, pr = (cx + dx * radius - x0) * s, (cy + dy * radius - y0) * s, r * radius * s
+                draw.ellipse([px - pr, py - pr, px + pr, py + pr], fill=fill)
+    elif shape in ("circle", "ring"):
         draw.ellipse(local.reshape(-1).tolist(), fill=255)
         if shape == "ring":
             lx, ly, ri = (cx - x0) * s, (cy - y0) * s, radius * s * RING_INNER
@@ -189,3 +282,28 @@ def render_background(kind: str, height: int, width: int, base: np.ndarray, rng:
     else:
         raise GlipError(f"unknown background {kind!r}; choose one of: {', '.join(BACKGROUNDS)}")
     return np.clip(img, 0.0, 255.0)
+
+
+def draw_clutter(image: np.ndarray, base: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint unannotated clutter into a float32 [H, W, 3] background, in place: a few thin strokes
+    (straight or bent) and small specks, in tones 35-80 away from the background's `base` colour.
+    Nothing of it is a shape of the world: a detector must learn to leave it alone."""
+    height, width = image.shape[:2]
+    layer = Image.new("L", (width, height), 0)
+    tones = Image.new("RGB", (width, height))
+    draw, paint = ImageDraw.Draw(layer), ImageDraw.Draw(tones)
+    for _ in range(int(rng.integers(3, 10))):
+        offset = rng.uniform(35.0, 80.0) * rng.choice([-1.0, 1.0], size=3)
+        tone = tuple(int(v) for v in np.clip(base.astype(np.float64) + offset, 0, 255))
+        if rng.random() < 0.6:
+            points = [tuple(rng.uniform(0, [width, height])) for _ in range(int(rng.integers(2, 5)))]
+            stroke = int(rng.integers(1, 4))
+            draw.line(points, fill=255, width=stroke)
+            paint.line(points, fill=tone, width=stroke)
+        else:
+            x, y = rng.uniform(0, [width, height])
+            r = float(rng.uniform(1.0, 3.5))
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=255)
+            paint.ellipse([x - r, y - r, x + r, y + r], fill=tone)
+    alpha = np.asarray(layer, dtype=np.float32)[..., None] / 255.0
+    image[:] = alpha * np.asarray(tones, dtype=np.float32) + (1.0 - alpha) * image

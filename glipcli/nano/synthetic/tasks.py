@@ -11,7 +11,10 @@ Tasks (`task_rules`, `task_categories`):
   combinations only, so a detection of a distractor is a false positive.
 - `novel-shape`: every image holds 1-2 objects of the held-out shape (any colour) among
   distractors; the single category is that shape (`"arrow"`).
-- `all`: everything, colour-shape categories.
+- `all`: everything the world edition draws, colour-shape categories.
+
+The evaluation tasks draw the first edition's shapes (`CLASSIC_SHAPES`) only, whatever the world
+edition, so every model is measured on the same data.
 
 An object whose name is not a category is still drawn (a distractor) and left unannotated.
 """
@@ -21,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from glipcli.nano.synthetic.vocabulary import COLOURS, SHAPES, HeldOut, check_colour, check_shape, combo_name
+from glipcli.nano.synthetic.vocabulary import (CLASSIC_SHAPES, COLOURS, SHAPES, HeldOut, check_colour, check_shape,
+                                               combo_name)
 from glipcli.errors import GlipError
 
 TASKS: tuple[str, ...] = ("pretrain", "unseen-combos", "novel-shape", "all")
@@ -125,11 +129,19 @@ class CategoryScheme:
         return list(seen)
 
 
-def task_rules(task: str, held_out: HeldOut) -> SceneRules:
-    """The scene rules of a named task (see the module docstring)."""
-    seen_shapes = tuple(s for s in SHAPES if s != held_out.shape)
+def task_rules(task: str, held_out: HeldOut, pretrain_shapes: tuple[str, ...] = SHAPES) -> SceneRules:
+    """The scene rules of a named task (see the module docstring). `pretrain` and `all` draw from
+    `pretrain_shapes` (the world edition's); the evaluation tasks from `CLASSIC_SHAPES` only, so
+    their data is the same whatever world a model was pre-trained on."""
+    for shape in pretrain_shapes:
+        check_shape(shape)
     if task == "pretrain":
-        return SceneRules("pretrain", shapes=seen_shapes, exclude_combos=held_out.combos)
+        shapes = tuple(s for s in pretrain_shapes if s != held_out.shape)
+        return SceneRules("pretrain", shapes=shapes, exclude_combos=held_out.combos)
+    # The classic shapes, plus any shape the held-out definitions name (a user may hold out a newer one).
+    named = {s for _, s in held_out.combos} | ({held_out.shape} if held_out.shape else set())
+    evaluation_shapes = tuple(s for s in SHAPES if s in CLASSIC_SHAPES or s in named)
+    seen_shapes = tuple(s for s in evaluation_shapes if s != held_out.shape)
     if task == "unseen-combos":
         if not held_out.combos:
             raise GlipError("task 'unseen-combos' needs held-out colour-shape combinations")
@@ -138,9 +150,10 @@ def task_rules(task: str, held_out: HeldOut) -> SceneRules:
         if held_out.shape is None:
             raise GlipError("task 'novel-shape' needs a held-out shape")
         focus = frozenset((c, held_out.shape) for c in COLOURS)
-        return SceneRules("novel-shape", exclude_combos=held_out.combos, focus_combos=focus)
+        return SceneRules("novel-shape", shapes=evaluation_shapes, exclude_combos=held_out.combos,
+                          focus_combos=focus)
     if task == "all":
-        return SceneRules("all")
+        return SceneRules("all", shapes=tuple(pretrain_shapes))
     raise GlipError(f"unknown synthetic task {task!r}; choose one of: {', '.join(TASKS)}")
 
 

@@ -22,9 +22,18 @@ from glipcli.errors import GlipError
 Wording = Literal["plain", "synonym", "descriptive"]
 WORDINGS: tuple[str, ...] = ("plain", "synonym", "descriptive")
 
-SHAPES: tuple[str, ...] = (
+# The first edition's shapes: the evaluation tasks (`unseen-combos`, `novel-shape`) draw only these,
+# so `glip bench synthetic` measures every edition of nano on the same data.
+CLASSIC_SHAPES: tuple[str, ...] = (
     "circle", "square", "triangle", "star", "cross", "ring", "heart", "diamond", "hexagon", "arrow",
 )
+# The second edition adds families that teach localisation broadly: elongated (bar, ellipse,
+# dumbbell, bolt), concave (crescent, bolt), composite (dumbbell) and more outlines; the
+# elongated ones vary their aspect ratio and turn freely. Pre-training draws them, evaluation does not.
+EXTRA_SHAPES: tuple[str, ...] = (
+    "bar", "ellipse", "crescent", "bolt", "dumbbell", "pentagon", "semicircle", "trapezoid",
+)
+SHAPES: tuple[str, ...] = CLASSIC_SHAPES + EXTRA_SHAPES
 
 # Palette colours (RGB). Chosen to stay apart from each other in RGB space.
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -71,6 +80,14 @@ SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
     "diamond": ("rhombus", "lozenge"),
     "hexagon": ("honeycomb cell", "honeycomb"),
     "arrow": ("pointer", "chevron"),
+    "bar": ("rod", "plank"),
+    "ellipse": ("oval", "egg"),
+    "crescent": ("moon", "sickle"),
+    "bolt": ("lightning", "zigzag"),
+    "dumbbell": ("barbell", "weights"),
+    "pentagon": ("pentagonal plaque", "pentagonal badge"),
+    "semicircle": ("half round", "dome"),
+    "trapezoid": ("trapezium", "keystone"),
 }
 
 # Descriptions that do not use the shape's plain name (a shape word of another shape may occur).
@@ -85,6 +102,14 @@ SHAPE_DESCRIPTIONS: dict[str, tuple[str, ...]] = {
     "diamond": ("square standing on a corner", "tilted four-sided shape"),
     "hexagon": ("shape with six sides", "six-cornered shape"),
     "arrow": ("shape pointing in one direction", "pointer with a triangular tip"),
+    "bar": ("long thin strip", "narrow stick"),
+    "ellipse": ("stretched round shape", "flattened round blob"),
+    "crescent": ("curved sliver", "shape like a sliver of moon"),
+    "bolt": ("jagged streak", "shape like a flash of lightning"),
+    "dumbbell": ("two balls joined by a handle", "handle with round ends"),
+    "pentagon": ("shape with five sides", "five-cornered shape"),
+    "semicircle": ("half of a round shape", "round shape cut in two"),
+    "trapezoid": ("shape with one short and one long side", "four-sided shape with a narrow top"),
 }
 
 SIZE_SYNONYMS: dict[str, tuple[str, ...]] = {"small": ("tiny", "little"), "large": ("big", "huge")}

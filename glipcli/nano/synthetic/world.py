@@ -16,18 +16,18 @@ given numpy and Pillow versions; the dataset manifest records both.)
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from glipcli.nano.synthetic.captions import Caption, scene_captions
-from glipcli.nano.synthetic.render import (BACKGROUNDS, ROTATION_RANGE, pattern_fill, render_background,
-                                           shape_coverage)
+from glipcli.nano.synthetic.render import (ASPECT_RANGE, BACKGROUNDS, ROTATION_RANGE, draw_clutter, pattern_fill,
+                                           render_background, shape_coverage)
 from glipcli.nano.synthetic.tasks import SceneRules, task_rules
-from glipcli.nano.synthetic.vocabulary import (COLOURS, PATTERNS, SIZES, HeldOut, Wording, check_colour,
-                                               check_shape)
+from glipcli.nano.synthetic.vocabulary import (CLASSIC_SHAPES, COLOURS, PATTERNS, SHAPES, SIZES, HeldOut, Wording,
+                                               check_colour, check_shape)
 from glipcli.errors import GlipError
 
 _PLACEMENT_TRIES = 40
@@ -45,6 +45,11 @@ class WorldConfig:
     pattern_probability: chance an object is striped or dotted (else plain).
     min_visible: the least fraction of its own area each object keeps visible.
     backgrounds: background kinds to draw from. supersample: anti-aliasing factor.
+    pretrain_shapes: the shapes the `pretrain` and `all` tasks draw (the evaluation tasks draw the
+    classic ones). clutter: chance a scene's background gets unannotated strokes and specks.
+
+    The defaults are the second edition (`WORLD_EDITIONS`); the first had the classic shapes and
+    no clutter.
     """
 
     size_range: tuple[int, int] = (224, 288)
@@ -55,8 +60,30 @@ class WorldConfig:
     min_visible: float = 0.6
     backgrounds: tuple[str, ...] = BACKGROUNDS
     supersample: int = 3
+    pretrain_shapes: tuple[str, ...] = SHAPES
+    clutter: float = 0.5
+
+    @classmethod
+    def from_record(cls, record: dict) -> "WorldConfig":
+        """The config `dataclasses.asdict` recorded (run.json, synthetic.json); fields a first-edition
+        record lacks take the first edition's values."""
+        known = {f.name for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in record.items() if k in known}
+        values.setdefault("pretrain_shapes", CLASSIC_SHAPES)
+        values.setdefault("clutter", 0.0)
+        try:
+            return cls(**values)
+        except (TypeError, ValueError) as error:
+            raise GlipError(f"damaged world settings in the run record ({error})") from None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "pretrain_shapes", tuple(self.pretrain_shapes))
+        for shape in self.pretrain_shapes:
+            check_shape(shape)
+        if not self.pretrain_shapes:
+            raise GlipError("the world draws no shape (pretrain_shapes is empty)")
+        if not 0.0 <= self.clutter <= 1.0:
+            raise GlipError(f"clutter probability {self.clutter} is outside [0, 1]")
         lo, hi = self.size_range
         if not 32 <= lo <= hi <= 4096:
             raise GlipError(f"image size range {lo}-{hi} must satisfy 32 <= min <= max <= 4096")
@@ -79,6 +106,14 @@ class WorldConfig:
             raise GlipError("no background kinds given")
 
 
+# The worlds nano was pre-trained on, by edition. `glip bench synthetic` generates its held-out data
+# from the first: the classic shapes without clutter, the same data for every edition's model.
+WORLD_EDITIONS: dict[int, WorldConfig] = {
+    1: WorldConfig(pretrain_shapes=CLASSIC_SHAPES, clutter=0.0),
+    2: WorldConfig(),
+}
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
     """An object to place by hand (`SyntheticWorld.compose`). x, y: centre as fractions of the
@@ -92,12 +127,14 @@ class ObjectSpec:
     y: float = 0.5
     rotation: float = 0.0
     radius: float | None = None
+    aspect: float | None = None
 
 
 @dataclass(frozen=True)
 class SceneObject:
     """One drawn object. box / full_box: COCO xywh of the visible extent / the whole shape;
-    area / full_area: visible / whole pixel counts; rgb: the colour actually painted."""
+    area / full_area: visible / whole pixel counts; rgb: the colour actually painted; aspect:
+    length / width of a shape whose proportions vary (None for the others)."""
 
     shape: str
     colour: str
@@ -111,6 +148,7 @@ class SceneObject:
     full_box: tuple[int, int, int, int]
     area: int
     full_area: int
+    aspect: float | None = None
 
     @property
     def visible_fraction(self) -> float:
@@ -192,7 +230,7 @@ class SyntheticWorld:
 
     def rules(self, task: str | SceneRules) -> SceneRules:
         """Scene rules by task name (`pretrain`, `unseen-combos`, `novel-shape`, `all`)."""
-        return task if isinstance(task, SceneRules) else task_rules(task, self.held_out)
+        return task if isinstance(task, SceneRules) else task_rules(task, self.held_out, self.config.pretrain_shapes)
 
     # -- sampling ----------------------------------------------------------------------------
     def scene(self, index: int, rules: str | SceneRules = "pretrain", stream: str = "train") -> Scene:
@@ -212,9 +250,9 @@ class SyntheticWorld:
         width, height = (int(v) for v in rng.integers(cfg.size_range[0], cfg.size_range[1] + 1, size=2))
         combos = self._sample_combos(rules, rng)
         specs = [self._sample_attributes(colour, shape, rng) for colour, shape in combos]
-        canvas = self._start(width, height, [c for c, _ in combos], rng)
+        canvas = self._start(width, height, [c for c, _ in combos], rng, clutter=True)
         side = min(width, height)
-        for colour, shape, size, pattern, rotation in specs:
+        for colour, shape, size, pattern, rotation, aspect in specs:
             lo, hi = cfg.small_radius if size == "small" else cfg.large_radius
             radius = float(rng.uniform(lo, hi)) * side
             for _ in range(_PLACEMENT_TRIES):
@@ -224,7 +262,7 @@ class SyntheticWorld:
                 cx = float(rng.uniform(margin, width - margin))
                 cy = float(rng.uniform(margin, height - margin))
                 if self._place(canvas, shape, colour, size, pattern, cx, cy, radius, rotation, rng,
-                               min_visible=cfg.min_visible):
+                               min_visible=cfg.min_visible, aspect=aspect):
                     break
         return self._finish(canvas, index, rules.name, stream)
 
@@ -243,7 +281,7 @@ class SyntheticWorld:
         return [picked[i] for i in order]
 
     def _sample_attributes(self, colour: str, shape: str, rng: np.random.Generator
-                           ) -> tuple[str, str, str, str | None, float]:
+                           ) -> tuple[str, str, str, str | None, float, float | None]:
         size = SIZES[int(rng.integers(0, len(SIZES)))]
         pattern = None
         if rng.random() < self.config.pattern_probability:
@@ -252,7 +290,10 @@ class SyntheticWorld:
         rotation = float(rng.uniform(-limit, limit)) if limit else 0.0
         if shape == "arrow":
             rotation += 90.0 * int(rng.integers(0, 4))
-        return colour, shape, size, pattern, rotation
+        aspect = None
+        if shape in ASPECT_RANGE:  # drawn only for these shapes: classic scenes keep their random stream
+            aspect = float(rng.uniform(*ASPECT_RANGE[shape]))
+        return colour, shape, size, pattern, rotation, aspect
 
     def compose(self, objects: Sequence[ObjectSpec], width: int = 320, height: int = 240,
                 background: str = "gradient", index: int = 0) -> Scene:
@@ -275,25 +316,28 @@ class SyntheticWorld:
             lo, hi = self.config.small_radius if spec.size == "small" else self.config.large_radius
             radius = spec.radius if spec.radius is not None else (lo + hi) / 2.0 * side
             if not self._place(canvas, spec.shape, spec.colour, spec.size, spec.pattern, spec.x * width,
-                               spec.y * height, radius, spec.rotation, rng, min_visible=0.0):
+                               spec.y * height, radius, spec.rotation, rng, min_visible=0.0, aspect=spec.aspect):
                 raise GlipError(f"{spec.colour} {spec.shape} at ({spec.x}, {spec.y}) does not fit inside "
                                 f"the {width}x{height} image")
         return self._finish(canvas, index, "compose", "compose")
 
     # -- drawing -----------------------------------------------------------------------------
     def _start(self, width: int, height: int, colours: list[str], rng: np.random.Generator,
-               background: str | None = None) -> _Canvas:
+               background: str | None = None, clutter: bool = False) -> _Canvas:
         kind = background or self.config.backgrounds[int(rng.integers(0, len(self.config.backgrounds)))]
         base = _contrasting_base([COLOURS[c] for c in colours], rng)
         image = render_background(kind, height, width, base, rng)
+        # Drawn only when the config asks for it: a first-edition scene keeps its random stream.
+        if clutter and self.config.clutter > 0 and rng.random() < self.config.clutter:
+            draw_clutter(image, base, rng)
         owner = np.full((height, width), -1, dtype=np.int16)
         return _Canvas(image=image, owner=owner, background=kind,
                        background_rgb=tuple(int(round(v)) for v in base))
 
     def _place(self, canvas: _Canvas, shape: str, colour: str, size: str, pattern: str | None,
                cx: float, cy: float, radius: float, rotation: float, rng: np.random.Generator,
-               min_visible: float) -> bool:
-        cov = shape_coverage(shape, cx, cy, radius, rotation, self.config.supersample)
+               min_visible: float, aspect: float | None = None) -> bool:
+        cov = shape_coverage(shape, cx, cy, radius, rotation, self.config.supersample, aspect=aspect)
         h, w = cov.alpha.shape
         x0, y0 = max(cov.x0, 0), max(cov.y0, 0)
         x1, y1 = min(cov.x0 + w, canvas.width), min(cov.y0 + h, canvas.height)
@@ -324,7 +368,7 @@ class SyntheticWorld:
         full[y0:y1, x0:x1] = mask
         canvas.placed.append({
             "shape": shape, "colour": colour, "size": size, "pattern": pattern, "centre": (cx, cy),
-            "radius": radius, "rotation": rotation, "rgb": tuple(int(round(v)) for v in rgb),
+            "radius": radius, "rotation": rotation, "rgb": tuple(int(round(v)) for v in rgb), "aspect": aspect,
             "full_box": _box_of(full), "full_area": full_area, "visible": full_area,
         })
         return True
@@ -337,7 +381,7 @@ class SyntheticWorld:
                 shape=obj["shape"], colour=obj["colour"], size=obj["size"], pattern=obj["pattern"],
                 centre=obj["centre"], radius=obj["radius"], rotation=obj["rotation"], rgb=obj["rgb"],
                 box=_box_of(visible), full_box=obj["full_box"], area=int(visible.sum()),
-                full_area=obj["full_area"]))
+                full_area=obj["full_area"], aspect=obj["aspect"]))
         image = np.clip(np.rint(canvas.image), 0, 255).astype(np.uint8)
         return Scene(index=index, width=canvas.width, height=canvas.height, image=image, owner=canvas.owner,
                      objects=tuple(objects), background=canvas.background, background_rgb=canvas.background_rgb,
