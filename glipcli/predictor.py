@@ -89,7 +89,8 @@ class GLIPPredictor:
     a long class list) the head reads in one batch (`detect_tensor_prompts`); None: 8 prompt-images
     a call on a GPU, 2 on the CPU. cuda_graphs: replay the model's forward from CUDA graphs, one
     captured per batch shape, padded image size and caption length on first use (a CUDA device
-    only; see `glipcli.modeling.cuda_graphs`)."""
+    only; see `glipcli.modeling.cuda_graphs`; the model's deformable convolutions are switched to
+    the capturable `grid_sample` formulation)."""
 
     def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
                  cast_weights: bool | None = None, prompt_batch_size: int | None = None,

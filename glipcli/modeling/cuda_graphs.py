@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from glipcli.device import autocast
+from glipcli.errors import GlipError
 from glipcli.modeling.glip import GLIP, GLIPOutputs, expand_for_prompts
 from glipcli.modeling.head import HeadOutputs
 from glipcli.modeling.head.dyconv import DeformConvNorm
@@ -108,9 +109,15 @@ class GraphCache:
                 fn(*static)
         main.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: the image-loading threads may use the CUDA runtime meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = list(fn(*static))
+        try:
+            # thread_local: the image-loading threads may use the CUDA runtime meanwhile
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                outputs = list(fn(*static))
+        except torch.OutOfMemoryError:
+            raise
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise GlipError(f"capturing the CUDA graph failed ({reason}); run without --cuda-graphs") from error
         self.captures += 1
         self.capture_seconds = time.perf_counter() - start
         return CapturedCall(graph, static, outputs)
