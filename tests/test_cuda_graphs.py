@@ -209,8 +209,13 @@ def test_graph_cache_replays_refreshed_inputs_and_releases_the_least_recently_us
     assert cache.captures == 3 and len(cache) == 2
     assert graph_key([b]) not in cache and graph_key([a]) in cache
     assert cache.keys() == [graph_key([a]), graph_key([c])]
-    cache.run(double, [b])  # b again: captured anew
-    assert cache.captures == 4
+    # b again: released once, so run eagerly (a cycle over more keys than held never recaptures)
+    eager = cache.run(double, [torch.full((3,), 4.0)])[0]
+    assert cache.captures == 3 and cache.eager_runs == 1 and torch.equal(eager, torch.full((3,), 8.0))
+    assert graph_key([b]) not in cache
+    cache.clear()
+    cache.run(double, [b])  # after clear(), captured again
+    assert cache.captures == 4 and len(cache) == 1
     with pytest.raises(ValueError):
         GraphCache(max_graphs=0)
 

@@ -11,7 +11,10 @@ use: a few warm-up calls on a side stream (they fill the caches, e.g. the Swin s
 the capture allocates nothing that outlives it), then the capture into static input buffers. A
 later call with the same key copies its inputs into those buffers and replays. The outputs are
 the graph's static buffers, overwritten by its next replay: read or copy them before the next
-call. At most `max_graphs` keys are held, the least recently used released first.
+call. At most `max_graphs` keys are held, the least recently used released first; a released key
+asked for again runs eagerly rather than being captured anew, so a workload that cycles through
+more keys than are held (many image sizes, a long class list's many chunk lengths) never spends
+its time capturing.
 
 Capture needs a forward without host synchronisation, host-to-device copies or data-dependent
 shapes; tests/test_cuda_graphs.py checks the model's forward for them on the CPU.
@@ -56,8 +59,9 @@ class GraphCache:
 
     `run(fn, inputs, static)` returns `fn(*inputs)` (a list of tensors), from the graph captured
     for the key of `inputs` and `static`: `fn` must be the same function for the same key.
-    `captures` counts the graphs captured and `capture_seconds` the time of the last capture
-    (warm-up included)."""
+    A key released to make room runs `fn` eagerly from then on. `captures` counts the graphs
+    captured, `eager_runs` the calls run eagerly, and `capture_seconds` is the time of the last
+    capture (warm-up included)."""
 
     def __init__(self, max_graphs: int = DEFAULT_MAX_GRAPHS, warmup: int = WARMUP_CALLS):
         if max_graphs < 1:
@@ -65,7 +69,9 @@ class GraphCache:
         self.max_graphs = max_graphs
         self.warmup = warmup
         self._graphs: OrderedDict[tuple, CapturedCall] = OrderedDict()
+        self._released: set[tuple] = set()
         self.captures = 0
+        self.eager_runs = 0
         self.capture_seconds = 0.0
 
     def __len__(self) -> int:
@@ -82,11 +88,15 @@ class GraphCache:
             static: Hashable = ()) -> list[torch.Tensor]:
         key = graph_key(inputs, static)
         entry = self._graphs.get(key)
+        if entry is None and key in self._released:
+            self.eager_runs += 1
+            return list(fn(*inputs))
         if entry is None:
             entry = self._capture(fn, inputs)
             self._graphs[key] = entry
             while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)  # its graph and memory pool go with it
+                released, _ = self._graphs.popitem(last=False)  # its graph and memory pool go with it
+                self._released.add(released)
         else:
             self._graphs.move_to_end(key)
             for buffer, value in zip(entry.inputs, inputs, strict=True):
@@ -95,7 +105,9 @@ class GraphCache:
         return entry.outputs
 
     def clear(self) -> None:
+        """Release every graph; every key may be captured again."""
         self._graphs.clear()
+        self._released.clear()
 
     def _capture(self, fn: Callable[..., list[torch.Tensor]], inputs: Sequence[torch.Tensor]) -> CapturedCall:
         start = time.perf_counter()
