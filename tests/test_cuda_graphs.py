@@ -22,7 +22,7 @@ from glipcli.cli.main import main
 from glipcli.errors import GlipError
 from glipcli.modeling.anchors import cell_anchor, grid_anchors
 from glipcli.modeling.backbone.swin import SwinStage
-from glipcli.modeling.cuda_graphs import CapturedCall, GraphCache, graph_key
+from glipcli.modeling.cuda_graphs import CapturedCall, GraphCache, GraphedGLIP, graph_key
 from glipcli.modeling.glip import expand_for_prompts
 from glipcli.modeling.language import TextFeatures
 from glipcli.predictor import GLIPPredictor, _repeat_text
@@ -218,6 +218,49 @@ def test_graph_cache_replays_refreshed_inputs_and_releases_the_least_recently_us
     assert cache.captures == 4 and len(cache) == 1
     with pytest.raises(ValueError):
         GraphCache(max_graphs=0)
+
+
+def _cpu_graphed(model) -> GraphedGLIP:
+    """GraphedGLIP whose caches "capture" by recomputing on the CPU (`_CpuGraphCache`): its
+    flattening of inputs and outputs and the predictor's use of it run without a GPU."""
+    graphed = GraphedGLIP(model)
+    graphed.backbone_graphs, graphed.head_graphs = _CpuGraphCache(), _CpuGraphCache()
+    return graphed
+
+
+def test_graphed_glip_rebuilds_the_head_outputs_in_order(golden_dir, tiny):
+    predictor, inputs = tiny
+    model = predictor.model
+    texts = [predictor.text_features(c) for c in _captions(golden_dir, predictor)]
+    graphed = _cpu_graphed(model)
+    for images, text, prompts in ((1, texts[0], 1), (2, TextFeatures.stack([_repeat_text(t, 2) for t in texts]), 2)):
+        batch = inputs["image_tensor"].expand(images, -1, -1, -1).contiguous()
+        with torch.inference_mode():
+            want = model.forward_head(expand_for_prompts(model.backbone(batch), prompts), text)
+            got = graphed.forward_head(graphed.backbone(batch), text, prompts)
+        for field in ("token_logits", "box_regression", "centerness", "visual"):
+            assert all(torch.equal(a, b) for a, b in zip(getattr(got.head, field), getattr(want.head, field),
+                                                         strict=True)), field
+        assert torch.equal(got.head.text, want.head.text)
+        assert all(torch.equal(a, b) for a, b in zip(got.anchors, want.anchors, strict=True))
+    assert graphed.backbone_graphs.captures == 2 and graphed.head_graphs.captures == 2
+
+
+def test_predictor_through_the_graphs_equals_eager(golden_dir, tiny):
+    """The predictor's graphed path (CPU stand-in for the capture) gives the eager detections,
+    for two captions batched through the head, called twice (the second a replay)."""
+    eager, inputs = tiny
+    graphed = GLIPPredictor(copy.deepcopy(eager.model))
+    graphed.graphs = _cpu_graphed(graphed.model)
+    image, hw = inputs["image_tensor"], [tuple(inputs["image_size_hw"].tolist())]
+    prompts = _captions(golden_dir, eager)
+    want = eager.detect_tensor_prompts(image, hw, prompts)
+    for _ in range(2):
+        got = graphed.detect_tensor_prompts(image, hw, prompts)
+        for g, w in zip(got, want, strict=True):
+            assert torch.equal(g[0].boxes, w[0].boxes) and torch.equal(g[0].scores, w[0].scores)
+            assert torch.equal(g[0].labels, w[0].labels)
+    assert graphed.graphs.backbone_graphs.captures == 1 and graphed.graphs.head_graphs.captures == 1
 
 
 # ---------------------------------------------------------------- without a CUDA device
