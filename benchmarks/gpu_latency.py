@@ -12,8 +12,9 @@ medians, the ratio GLIP-T / Grounding DINO-T of the times and that of the images
     python benchmarks/gpu_latency.py --cuda-graphs                     # + GLIP-T from CUDA graphs
 
 With --cuda-graphs a third way, GLIP-T replayed from CUDA graphs (`GLIPPredictor(cuda_graphs=True)`,
-its own copy of the model), is timed in the same interleaving; its first call, which captures the
-graphs, is timed alone before the warm-ups and reported as `graphs_first_call_s`.
+its own copy of the model, whose deformable convolutions use the capturable grid_sample
+formulation), is timed in the same interleaving; its first call, which captures the graphs, is
+timed alone before the warm-ups and reported as `graphs_first_call_s`.
 """
 
 from __future__ import annotations
