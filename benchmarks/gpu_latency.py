@@ -9,11 +9,18 @@ medians, the ratio GLIP-T / Grounding DINO-T of the times and that of the images
     python benchmarks/gpu_latency.py                                   # the default suite
     python benchmarks/gpu_latency.py --cases short-1,short-8 --dtypes float32 --runs 20
     python benchmarks/gpu_latency.py --device cpu --preset nano --runs 1 --cases short-1   # a dry run
+    python benchmarks/gpu_latency.py --cuda-graphs                     # + GLIP-T from CUDA graphs
+
+With --cuda-graphs a third way, GLIP-T replayed from CUDA graphs (`GLIPPredictor(cuda_graphs=True)`,
+its own copy of the model, whose deformable convolutions use the capturable grid_sample
+formulation), is timed in the same interleaving; its first call, which captures the graphs, is
+timed alone before the warm-ups and reported as `graphs_first_call_s`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -72,12 +79,14 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--no-gdino", action="store_true", help="skip Grounding DINO-T")
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--cuda-graphs", action="store_true", help="also time GLIP-T replayed from CUDA graphs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
     import torch
 
     from glipcli.config import get_preset
+    from glipcli.errors import GlipError
     from glipcli.modeling.glip import GLIP
     from glipcli.predictor import GLIPPredictor
 
@@ -89,16 +98,31 @@ def main() -> None:
     if not args.no_gdino:
         gdino = grounding_dino(args.device)
 
+    # the graphed way switches its model's deformable convolutions to the capturable formulation
+    graph_model = copy.deepcopy(model) if args.cuda_graphs else None
     rows = []
     for dtype in args.dtypes.split(","):
         predictor = GLIPPredictor(model, device=args.device, dtype=dtype)
+        graphed = None
+        if graph_model is not None:
+            try:
+                graphed = GLIPPredictor(graph_model, device=args.device, dtype=dtype, cuda_graphs=True)
+            except GlipError as error:
+                print(f"CUDA graphs skipped: {error}", flush=True)
         for case in args.cases.split(","):
             prompt, batch = case.split("-")
             classes, batch = PROMPTS[prompt], int(batch)
             ways = {"glip": glip_way(predictor, classes, batch)}
+            row = {"case": case, "dtype": dtype, "batch": batch}
+            if graphed is not None:
+                graph_way = glip_way(graphed, classes, batch)
+                try:
+                    row["graphs_first_call_s"] = timed(graph_way, args.device)
+                    ways["graphs"] = graph_way
+                except Exception as error:  # reported, the other ways still timed
+                    print(f"CUDA graphs failed for {case} {dtype}: {type(error).__name__}: {error}", flush=True)
             if gdino is not None:
                 ways["gdino"] = gdino_step(*gdino, classes, batch, args.device, dtype)
-            row = {"case": case, "dtype": dtype, "batch": batch}
             row.update(interleaved(ways, args.runs, args.device))
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -114,6 +138,18 @@ def main() -> None:
         ratio = None if base_s is None else glip_s / base_s
         speed = None if base_s is None else base_s / glip_s
         print(f"| {r['case']} | {r['dtype']} | {fmt(glip_s)} | {fmt(base_s)} | {fmt(ratio, 2)} | {fmt(speed, 2)} |")
+    if any("graphs_s" in r for r in rows):
+        print(f"\n| case | dtype | {name} graphs s | first call (capture) s | graphs / eager | graphs / GDINO | "
+              "graphs images/s / GDINO images/s |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            if "graphs_s" not in r:
+                continue
+            graphs_s, base_s = r["graphs_s"], r.get("gdino_s")
+            ratio = None if base_s is None else graphs_s / base_s
+            speed = None if base_s is None else base_s / graphs_s
+            print(f"| {r['case']} | {r['dtype']} | {fmt(graphs_s)} | {fmt(r['graphs_first_call_s'], 2)} | "
+                  f"{fmt(graphs_s / r['glip_s'], 2)} | {fmt(ratio, 2)} | {fmt(speed, 2)} |")
     if args.device.startswith("cuda"):
         print(f"peak GPU memory (all ways, one process): {torch.cuda.max_memory_allocated() / 1024**3:.2f} GiB")
     if args.json:

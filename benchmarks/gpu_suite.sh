@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The GPU checks in one go, under 8 minutes on an H200 (each part has its own time limit, and a
-# part that fails or runs out of time leaves the others to run):
-#   1. the CUDA tests (tests/test_cuda.py: golden detections through torchvision's kernel,
-#      reduced precision, batched = one by one, batched chunks = one after another);
-#   2. GLIP-T batch 1 / batch 8 vs Grounding DINO-T, float32 then bfloat16, timed interleaved in
-#      one process (benchmarks/gpu_latency.py);
+# The GPU checks in one go, about 7 minutes on an H200 at most (each part has its own time limit,
+# and a part that fails or runs out of time leaves the others to run):
+#   1. the CUDA tests (tests/test_cuda.py, the CUDA-graph tests first: graphed = golden, graphed =
+#      eager, replays read new images, a new size is captured; then golden detections through
+#      torchvision's kernel, reduced precision, batched = one by one, batched chunks);
+#   2. GLIP-T eager and from CUDA graphs vs Grounding DINO-T, batch 1 / batch 8, float32 then
+#      bfloat16, timed interleaved in one process (benchmarks/gpu_latency.py --cuda-graphs; the
+#      graphs' first call, the capture, is reported apart);
+#   with SUITE_EXTRAS=1 also (about 2.5 minutes more):
 #   3. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk;
 #   4. `glip label` images/s on the GPU (benchmarks/label.py).
 # Everything printed goes to $OUT/gpu_suite.log (default OUT: bench-results/gpu), the latency
@@ -42,20 +45,23 @@ echo "GLIP_SHARED_DIR=$GLIP_SHARED_DIR" | tee -a "$LOG"
 DESELECT=()
 [ -d "$GLIP_SHARED_DIR/golden/tiny_a" ] || DESELECT+=(-k "not tiny_a")
 [ -f "$GLIP_SHARED_DIR/golden/tiny/loss.safetensors" ] || DESELECT+=(--deselect "tests/test_cuda.py::test_golden_training_loss_on_cuda")
-part 140 $PY -m pytest -q -p no:cacheprovider --durations=5 tests/test_cuda.py ${DESELECT[@]+"${DESELECT[@]}"} \
+part 200 $PY -m pytest -q -p no:cacheprovider --durations=8 tests/test_cuda.py ${DESELECT[@]+"${DESELECT[@]}"} \
     ${CUDA_TEST_ARGS:-}
 
-# 2. Latency: float32 (batch 1 and 8, 6 classes), then bfloat16 (batch 1, 6 and 80 classes).
-part 150 $PY benchmarks/gpu_latency.py --dtypes float32 --cases short-1,short-8 --runs 10 \
+# 2. Latency, eager and CUDA graphs: float32 (batch 1 and 8, 6 classes), then bfloat16 (batch 1,
+#    6 and 80 classes).
+part 130 $PY benchmarks/gpu_latency.py --cuda-graphs --dtypes float32 --cases short-1,short-8 --runs 10 \
     --json "$OUT/latency_fp32.json"
-part 100 $PY benchmarks/gpu_latency.py --dtypes bfloat16 --cases short-1,coco80-1 --runs 10 \
+part 100 $PY benchmarks/gpu_latency.py --cuda-graphs --dtypes bfloat16 --cases short-1,coco80-1 --runs 10 \
     --json "$OUT/latency_bf16.json"
 
-# 3. LVIS chunks (eager), batched vs one after another, same run.
-part 60 $PY benchmarks/lvis.py --device cuda --runs 3 --names "$GLIP_SHARED_DIR/data/lvis_v1_class_names.txt"
+if [ "${SUITE_EXTRAS:-0}" = 1 ]; then
+    # 3. LVIS chunks (eager), batched vs one after another, same run.
+    part 60 $PY benchmarks/lvis.py --device cuda --runs 3 --names "$GLIP_SHARED_DIR/data/lvis_v1_class_names.txt"
 
-# 4. Labelling throughput on the GPU (one process, batch 8, GLIP-T at the official test size).
-part 75 $PY benchmarks/label.py --device cuda --processes 1 --images 32 --batch-size 8 --min-size 800 \
-    --max-size 1333
+    # 4. Labelling throughput on the GPU (one process, batch 8, GLIP-T at the official test size).
+    part 75 $PY benchmarks/label.py --device cuda --processes 1 --images 32 --batch-size 8 --min-size 800 \
+        --max-size 1333
+fi
 
 echo "### done in $((SECONDS - START)) s" | tee -a "$LOG"

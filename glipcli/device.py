@@ -70,10 +70,11 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """Autocast to `dtype` on `device`'s type; nothing for float32."""
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True) -> Iterator[None]:
+    """Autocast to `dtype` on `device`'s type; nothing for float32. cache: keep autocast's casts
+    of the weights for the context's duration (off inside a CUDA graph capture)."""
     if dtype == torch.float32:
         yield
         return
-    with torch.autocast(device_type=device.type, dtype=dtype):
+    with torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache):
         yield

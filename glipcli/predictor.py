@@ -15,7 +15,7 @@ post-processing runs in float32.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from glipcli.data.transforms import batch_images
 from glipcli.device import autocast, resolve_device, resolve_dtype
 from glipcli.errors import GlipError
 from glipcli.grounding import GroundedPhrase, GroundingResult, PhraseSpec, grounding_phrases, top_boxes_per_phrase
+from glipcli.modeling.cuda_graphs import GraphedGLIP
 from glipcli.modeling.glip import GLIP, expand_for_prompts
 from glipcli.modeling.language import TextFeatures
 from glipcli.modeling.postprocess import ATSSPostProcessor, Detections, phrase_scores, rescale_boxes
@@ -86,10 +87,14 @@ class GLIPPredictor:
     at every call). None: cast on the CPU, where autocast's per-call casts cost more than they
     save and the weights' memory halves; autocast on GPUs. prompt_batch_size: prompts (chunks of
     a long class list) the head reads in one batch (`detect_tensor_prompts`); None: 8 prompt-images
-    a call on a GPU, 2 on the CPU."""
+    a call on a GPU, 2 on the CPU. cuda_graphs: replay the model's forward from CUDA graphs, one
+    captured per batch shape, padded image size and caption length on first use (a CUDA device
+    only; see `glipcli.modeling.cuda_graphs`; the model's deformable convolutions are switched to
+    the capturable `grid_sample` formulation)."""
 
     def __init__(self, model: GLIP, device: str | torch.device = "cpu", dtype: str | torch.dtype = "float32",
-                 cast_weights: bool | None = None, prompt_batch_size: int | None = None):
+                 cast_weights: bool | None = None, prompt_batch_size: int | None = None,
+                 cuda_graphs: bool = False):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if cast_weights is None:
@@ -104,11 +109,17 @@ class GLIPPredictor:
         if prompt_batch_size is not None and prompt_batch_size < 1:
             raise GlipError(f"prompt batch size must be at least 1 (got {prompt_batch_size})")
         self.prompt_batch_size = prompt_batch_size
+        self.graphs: GraphedGLIP | None = None
+        if cuda_graphs:
+            if self.device.type != "cuda":
+                raise GlipError(f"--cuda-graphs needs a CUDA device (the device is {self.device.type}); "
+                                "use --device cuda or leave CUDA graphs off")
+            self.graphs = GraphedGLIP(self.model, torch.float32 if self.cast_weights else self.dtype)
 
     @classmethod
     def from_pretrained(cls, model: str | GLIPConfig | None = None, weights: str | Path | None = None,
                         config: str | Path | None = None, device: str = "cpu", dtype: str = "float32",
-                        cache_dir: str | Path | None = None) -> "GLIPPredictor":
+                        cache_dir: str | Path | None = None, cuda_graphs: bool = False) -> "GLIPPredictor":
         """Load a model.
 
         model: a preset (`glip-t`, `glip-t-a`, `glip-t-b`, `glip-t-c`, `glip-l`), a checkpoint path
@@ -118,7 +129,7 @@ class GLIPPredictor:
         brings its architecture (our safetensors metadata, or recognised from its shapes).
         A GLIPConfig without weights gives a randomly initialised model."""
         source = resolve_model_source(model=model, weights=weights, config=config, cache_dir=cache_dir)
-        return cls(load_model(source), device=device, dtype=dtype)
+        return cls(load_model(source), device=device, dtype=dtype, cuda_graphs=cuda_graphs)
 
     # -- prompts -------------------------------------------------------------------------------
     def encode_classes(self, class_names: str | Sequence[str]) -> EncodedPrompt:
@@ -155,8 +166,10 @@ class GLIPPredictor:
         key = (tuple(prompt.input_ids[0, :n].tolist()), self.dtype)
         if key not in self._text_cache:
             with torch.inference_mode(), self._autocast():
-                self._text_cache[key] = self.model.encode_text(
+                text = self.model.encode_text(
                     prompt.input_ids[:, :n].to(self.device), prompt.attention_mask[:, :n].to(self.device))
+            # every position is a real token: the head need not read the mask back from the device
+            self._text_cache[key] = replace(text, has_padding=False)
         return self._text_cache[key]
 
     # -- inference -----------------------------------------------------------------------------
@@ -188,16 +201,22 @@ class GLIPPredictor:
         images = images.to(self.device, self.dtype if self.cast_weights else None)
         batch = images.shape[0]
         group = self.prompt_batch_size or _default_prompt_batch(self.device, batch)
-        with self._autocast():
-            features = self.model.backbone(images)
+        if self.graphs is not None:
+            features = self.graphs.backbone(images)
+        else:
+            with self._autocast():
+                features = self.model.backbone(images)
         results = []
         for start in range(0, len(prompts), group):
             chosen = prompts[start:start + group]
             texts = [self.text_features(prompt) for prompt in chosen]
             # prompt-major: row p * batch + b is prompt p over image b
             text = texts[0] if len(chosen) == 1 else TextFeatures.stack([_repeat_text(t, batch) for t in texts])
-            with self._autocast():
-                outputs = self.model.forward_head(expand_for_prompts(features, len(chosen)), text)
+            if self.graphs is not None:  # outputs in the graph's buffers, read before its next replay
+                outputs = self.graphs.forward_head(features, text, len(chosen))
+            else:
+                with self._autocast():
+                    outputs = self.model.forward_head(expand_for_prompts(features, len(chosen)), text)
             head = outputs.head
             anchors = [a.float() for a in outputs.anchors]
             for p, prompt in enumerate(chosen):
@@ -317,7 +336,8 @@ def _repeat_text(text: TextFeatures, times: int) -> TextFeatures:
     if text.hidden.shape[0] == times:
         return text
     return TextFeatures(hidden=text.hidden.expand(times, -1, -1), embedded=text.embedded.expand(times, -1, -1),
-                        mask=text.mask.expand(times, -1), aggregate=text.aggregate.expand(times, -1))
+                        mask=text.mask.expand(times, -1), aggregate=text.aggregate.expand(times, -1),
+                        has_padding=text.has_padding)
 
 
 def detection_result(prepared: PreparedImage, dets: Detections, labels: Sequence[str], caption: str,

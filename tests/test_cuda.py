@@ -32,6 +32,90 @@ def _cuda_copy(model):
     return copy.deepcopy(model).cuda().eval()
 
 
+# ---------------------------------------------------------------- CUDA graphs (first: the newest path)
+
+
+def _graph_pair(golden_dir, dtype="float32"):
+    """(graphed predictor, eager predictor) on two copies of the golden model, both with the
+    deformable convolutions the graphs use (grid_sample), so they run the same kernels."""
+    from glipcli.modeling.head.dyconv import DeformConvNorm
+
+    graphed = GLIPPredictor(_cuda_copy(golden_model(str(golden_dir / "tiny"))), device="cuda", dtype=dtype,
+                            cuda_graphs=True)
+    eager_model = _cuda_copy(golden_model(str(golden_dir / "tiny")))
+    for module in eager_model.modules():
+        if isinstance(module, DeformConvNorm):
+            module.impl = "grid_sample"
+    return graphed, GLIPPredictor(eager_model, device="cuda", dtype=dtype)
+
+
+def _same(a, b):
+    return torch.equal(a.boxes.cpu(), b.boxes.cpu()) and torch.equal(a.scores.cpu(), b.scores.cpu()) \
+        and torch.equal(a.labels.cpu(), b.labels.cpu())
+
+
+def test_graphed_forward_gives_the_golden_detections(golden_dir):
+    inputs = load(str(golden_dir / "tiny" / "inputs.safetensors"))
+    ref = load(str(golden_dir / "tiny" / "outputs_det.safetensors"))
+    prompt = _prompt(golden_dir, "tiny", "det")
+    predictor = GLIPPredictor(_cuda_copy(golden_model(str(golden_dir / "tiny"))), device="cuda", cuda_graphs=True)
+    image_hw = tuple(inputs["image_size_hw"].tolist())
+    for call in range(2):  # the capture, then a replay
+        (dets,) = predictor.detect_tensor(inputs["image_tensor"].cuda(), [image_hw], prompt)
+        _assert_same_detections(dets.boxes.cpu(), dets.scores.cpu(), dets.labels.cpu(),
+                                ref["final_boxes_resized"], ref["final_scores"], ref["final_labels"])
+    assert predictor.graphs.backbone_graphs.captures == 1 and predictor.graphs.head_graphs.captures == 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_graphed_equals_eager(golden_dir, dtype):
+    """The replayed graphs compute what the eager forward does: float32 bit for bit; bfloat16
+    the same boxes (both under autocast, the graph without autocast's weight-cast cache)."""
+    graphed, eager = _graph_pair(golden_dir, dtype)
+    inputs = load(str(golden_dir / "tiny" / "inputs.safetensors"))
+    image, image_hw = inputs["image_tensor"].cuda(), [tuple(inputs["image_size_hw"].tolist())]
+    prompts = [_prompt(golden_dir, "tiny", "det"), graphed.encode_classes("person. dog")]
+    want = eager.detect_tensor_prompts(image, image_hw, prompts)  # two captions in one head batch (padded)
+    for _ in range(2):
+        got = graphed.detect_tensor_prompts(image, image_hw, prompts)
+        for g, w in zip(got, want):
+            if dtype == "float32":
+                assert _same(g[0], w[0])
+            else:
+                assert len(g[0]) == len(w[0])
+                assert max_abs_diff(g[0].scores.cpu().sort().values, w[0].scores.cpu().sort().values) < 1e-2
+
+
+def test_graph_replay_reads_the_new_image_and_a_new_size_is_captured(golden_dir):
+    graphed, eager = _graph_pair(golden_dir)
+    inputs = load(str(golden_dir / "tiny" / "inputs.safetensors"))
+    first = inputs["image_tensor"].cuda()
+    second = first.flip(-1).contiguous()  # same size, other content
+    hw = [tuple(inputs["image_size_hw"].tolist())]
+    prompt = _prompt(golden_dir, "tiny", "det")
+    got_first = graphed.detect_tensor(first, hw, prompt)[0]
+    got_second = graphed.detect_tensor(second, hw, prompt)[0]
+    assert graphed.graphs.backbone_graphs.captures == 1  # the second image replayed the first's graph
+    assert _same(got_second, eager.detect_tensor(second, hw, prompt)[0])
+    assert _same(got_first, eager.detect_tensor(first, hw, prompt)[0])  # not overwritten by the replay
+    assert not _same(got_first, got_second)
+    smaller = first[..., :, : first.shape[-1] - 32].contiguous()  # a new padded size
+    small_hw = [(hw[0][0], min(hw[0][1], smaller.shape[-1]))]
+    got_small = graphed.detect_tensor(smaller, small_hw, prompt)[0]
+    assert graphed.graphs.backbone_graphs.captures == 2 and graphed.graphs.head_graphs.captures == 2
+    assert _same(got_small, eager.detect_tensor(smaller, small_hw, prompt)[0])
+
+
+def test_graphed_predict_batch_equals_eager(golden_dir):
+    """Through predict (loading, batching, post-processing), a batch of two."""
+    graphed, eager = _graph_pair(golden_dir)
+    image = golden_dir / "tiny" / "image.png"
+    want = eager.predict([image, image], "person. dog", batch_size=2)
+    for _ in range(2):
+        got = graphed.predict([image, image], "person. dog", batch_size=2)
+        assert [r.to_dict() for r in got] == [r.to_dict() for r in want]
+
+
 def test_deformable_conv_kernels_agree():
     """torchvision's CUDA kernel and the CPU grid-sample formulation compute the same thing."""
     g = torch.Generator().manual_seed(0)

@@ -30,6 +30,8 @@ BatchSizeOpt = Annotated[int, typer.Option(min=1, callback=ranges.count(1),
                                                   help="Images per forward pass (similar sizes are batched).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (cuda, then mps, else cpu), cpu, cuda, cuda:N or mps.")]
 DtypeOpt = Annotated[str, typer.Option(help="float32, float16 or bfloat16 (autocast; post-processing in float32).")]
+CudaGraphsOpt = Annotated[bool, typer.Option(
+    help="Replay the forward from CUDA graphs (one per batch and image size, made on first use).")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results to this JSON file.")]
 SaveVisOpt = Annotated[Optional[Path], typer.Option(help="Save each image with its boxes drawn into this folder.")]
 OverwriteOpt = Annotated[bool, typer.Option(help="Replace existing output files.")]
@@ -38,21 +40,25 @@ StrictOpt = Annotated[bool, typer.Option(
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no tables; only errors.")]
 
 
-def load_predictor(model: str | None, weights: Path | None, config: Path | None, device: str, dtype: str):
+def load_predictor(model: str | None, weights: Path | None, config: Path | None, device: str, dtype: str,
+                   cuda_graphs: bool = False):
     """The predictor for the CLI's model options (see `GLIPPredictor.from_pretrained`).
-    Device, dtype and the weights file (hub download included) are resolved before the model
-    code is imported, so their errors come fast."""
+    Device, dtype, --cuda-graphs and the weights file (hub download included) are resolved
+    before the model code is imported, so their errors come fast."""
     # deferred import: keeps `glip --help` fast
     from glipcli.device import resolve_device, resolve_dtype
     from glipcli.weights import load_model, resolve_model_source
 
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype)
+    if cuda_graphs and resolved_device.type != "cuda":
+        raise GlipError(f"--cuda-graphs needs a CUDA device (the device is {resolved_device.type}); "
+                        "use --device cuda or leave CUDA graphs off")
     source = resolve_model_source(model=model, weights=weights, config=config)
     # deferred import: keeps `glip --help` fast
     from glipcli.predictor import GLIPPredictor
 
-    return GLIPPredictor(load_model(source), device=resolved_device, dtype=resolved_dtype)
+    return GLIPPredictor(load_model(source), device=resolved_device, dtype=resolved_dtype, cuda_graphs=cuda_graphs)
 
 
 def model_file(model: str | None) -> Path | None:

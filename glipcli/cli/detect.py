@@ -10,10 +10,10 @@ from rich.table import Table
 from rich.text import Text
 
 from glipcli.cli.app import app, stdout
-from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
-                                OutputFiles, OverwriteOpt, QuietOpt, RunOutcome, SaveVisOpt, StrictOpt,
-                                WeightsOpt, adapter_and_spec, apply_adapter, finish, load_predictor, model_file,
-                                run_images)
+from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, CudaGraphsOpt, DeviceOpt, DtypeOpt, ImagesArg,
+                                JsonOpt, ModelOpt, OutputFiles, OverwriteOpt, QuietOpt, RunOutcome,
+                                SaveVisOpt, StrictOpt, WeightsOpt, adapter_and_spec, apply_adapter, finish,
+                                load_predictor, model_file, run_images)
 from glipcli.errors import GlipError
 from glipcli.cli import ranges
 
@@ -39,6 +39,7 @@ def detect(
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    cuda_graphs: CudaGraphsOpt = False,
     json_out: JsonOpt = None,
     coco_results: Annotated[Optional[Path], typer.Option(
         help="Write pycocotools results (image_id, category_id, bbox xywh, score); needs --coco-gt.")] = None,
@@ -73,6 +74,8 @@ def detect(
         if adapter is not None or weights is not None or config is not None:
             raise GlipError("--adapter, --weights and --config apply to PyTorch models; an exported .onnx file "
                             "has them baked in")
+        if cuda_graphs:
+            raise GlipError("--cuda-graphs applies to PyTorch models, not to an exported .onnx file")
         onnx_model = OnnxDetector.load(model, device="cpu" if device == "auto" else device)
         given = prompt or classes_file or prompt_file
         spec = onnx_model.check_spec(load_prompt_spec(prompts=prompt, classes_file=classes_file,
@@ -105,7 +108,7 @@ def detect(
         items = onnx_model.iter_predict(shard_sources, spec, box_threshold=box_threshold, batch_size=batch_size,
                                         skip_errors=not strict)
     else:
-        predictor = load_predictor(model, weights, config, workers.device(device), dtype)
+        predictor = load_predictor(model, weights, config, workers.device(device), dtype, cuda_graphs)
 
         if tuned is not None:
             apply_adapter(predictor, tuned, spec, chunk_size, str(adapter))

@@ -10,9 +10,9 @@ from rich.text import Text
 
 from glipcli.cli.app import app, stdout
 from glipcli.cli import ranges
-from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, JsonOpt, ModelOpt,
-                                OutputFiles, OverwriteOpt, QuietOpt, SaveVisOpt, StrictOpt, WeightsOpt,
-                                finish, load_predictor, model_file, run_images)
+from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, CudaGraphsOpt, DeviceOpt, DtypeOpt, ImagesArg,
+                                JsonOpt, ModelOpt, OutputFiles, OverwriteOpt, QuietOpt, SaveVisOpt, StrictOpt,
+                                WeightsOpt, finish, load_predictor, model_file, run_images)
 
 
 @app.command(short_help="Ground a caption's phrases in each image.")
@@ -36,6 +36,7 @@ def ground(
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    cuda_graphs: CudaGraphsOpt = False,
     json_out: JsonOpt = None,
     save_vis: SaveVisOpt = None,
     overwrite: OverwriteOpt = False,
@@ -55,7 +56,7 @@ def ground(
     outputs.plan_visualisations(sources)
     outputs.check()
 
-    predictor = load_predictor(model, weights, config, device, dtype)
+    predictor = load_predictor(model, weights, config, device, dtype, cuda_graphs)
     encoded = predictor.encode_grounding(caption, specs, markup=markup)
     items = predictor.iter_ground(sources, encoded, top_k=top_k, box_threshold=box_threshold,
                                   batch_size=batch_size, skip_errors=not strict)

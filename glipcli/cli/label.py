@@ -11,8 +11,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from glipcli.cli import ranges
 from glipcli.cli.app import app, stderr
-from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, DeviceOpt, DtypeOpt, ImagesArg, ModelOpt, QuietOpt,
-                                StrictOpt, WeightsOpt, load_predictor)
+from glipcli.cli.common import (BatchSizeOpt, ConfigOpt, CudaGraphsOpt, DeviceOpt, DtypeOpt, ImagesArg,
+                                ModelOpt, QuietOpt, StrictOpt, WeightsOpt, load_predictor)
 from glipcli.errors import GlipError
 
 
@@ -56,6 +56,7 @@ def label(
     batch_size: BatchSizeOpt = 1,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
+    cuda_graphs: CudaGraphsOpt = False,
     overwrite: Annotated[bool, typer.Option(
         help="Replace a finished dataset in --output, or write into a folder holding other files. The "
              "journal's labels are reused when the model, prompt and thresholds are the same; otherwise the "
@@ -86,7 +87,7 @@ def label(
     # A refusal of the output folder comes before the model loads (which can mean a download).
     plan_output(output, label_settings(spec, settings, identity, dtype), overwrite, sources)
     workers = Workers.current(device)
-    predictor = load_predictor(model, weights, config, workers.device(device), dtype)
+    predictor = load_predictor(model, weights, config, workers.device(device), dtype, cuda_graphs)
     show = workers.is_main and not quiet
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())

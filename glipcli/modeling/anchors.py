@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -25,11 +26,21 @@ def cell_anchor(size: float, stride: int) -> torch.Tensor:
     """
     # Detectron's generator: a base box [0, 0, stride-1, stride-1] (aspect ratio 1 keeps its
     # width `stride`), scaled by size/stride about its centre, with widths counted as w - 1.
+    low, high = _cell_corners(size, stride)
+    return torch.tensor([low, low, high, high], dtype=torch.float32)
+
+
+def _cell_corners(size: float, stride: int) -> tuple[float, float]:
+    """(x1 = y1, x2 = y2) of the level's cell anchor, as float32-rounded Python numbers."""
     base_width = float(stride)
     centre = 0.5 * (base_width - 1.0)
     width = base_width * (float(size) / float(stride))
     half = 0.5 * (width - 1.0)
-    return torch.tensor([centre - half, centre - half, centre + half, centre + half], dtype=torch.float32)
+    return _as_float32(centre - half), _as_float32(centre + half)
+
+
+def _as_float32(value: float) -> float:
+    return float(np.float32(value))
 
 
 def grid_anchors(
@@ -57,12 +68,14 @@ def grid_anchors(
         )
     anchors = []
     for (height, width), size, stride in zip(feature_sizes, sizes, strides):
-        base = cell_anchor(size, stride).to(device=device, dtype=dtype)
+        # The cell anchor's corners enter as Python numbers, not a host tensor: no host-to-device
+        # copy (a CUDA graph cannot capture one). They are half-integers, exact in any dtype
+        # here, so the sums equal `shifts + cell_anchor(...)`.
+        low, high = _cell_corners(size, stride)
         shift_x = torch.arange(0, width * stride, step=stride, dtype=dtype, device=device)
         shift_y = torch.arange(0, height * stride, step=stride, dtype=dtype, device=device)
         grid_y, grid_x = torch.meshgrid(shift_y, shift_x, indexing="ij")
         grid_x = grid_x.reshape(-1)
         grid_y = grid_y.reshape(-1)
-        shifts = torch.stack((grid_x, grid_y, grid_x, grid_y), dim=1)
-        anchors.append(shifts + base)
+        anchors.append(torch.stack((grid_x + low, grid_y + low, grid_x + high, grid_y + high), dim=1))
     return anchors

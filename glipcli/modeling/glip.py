@@ -71,4 +71,5 @@ def _expand_text(text: TextFeatures, batch: int) -> TextFeatures:
         embedded=text.embedded.expand(batch, -1, -1),
         mask=text.mask.expand(batch, -1),
         aggregate=text.aggregate.expand(batch, -1),
+        has_padding=text.has_padding,
     )

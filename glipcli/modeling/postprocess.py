@@ -11,6 +11,7 @@ Boxes stay in resized-image pixels; `rescale_boxes` maps them to the original im
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,18 +65,28 @@ def phrase_scores(token_logits: torch.Tensor, token_spans: Sequence[Sequence[int
     each phrase's tokens padded to the longest span, the padding weighted by 0.
     """
     batch, num_anchors, _ = token_logits.shape
-    lengths = [len(tokens) for tokens in token_spans]
-    width = max(lengths, default=0)
+    spans = tuple(tuple(int(t) for t in tokens) for tokens in token_spans)
+    width = max((len(tokens) for tokens in spans), default=0)
     if width == 0:
-        return token_logits.new_zeros((batch, num_anchors, len(token_spans)))
-    device = token_logits.device
-    index = torch.tensor([list(tokens) + [0] * (width - len(tokens)) for tokens in token_spans],
-                         dtype=torch.long, device=device)  # [P, W]
-    valid = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths], dtype=token_logits.dtype,
-                         device=device)
-    count = torch.tensor([max(n, 1) for n in lengths], dtype=token_logits.dtype, device=device)
-    probs = token_logits.sigmoid()[:, :, index.view(-1)].view(batch, num_anchors, len(lengths), width)
+        return token_logits.new_zeros((batch, num_anchors, len(spans)))
+    index, valid, count = _span_tensors(spans, token_logits.device, token_logits.dtype)
+    probs = token_logits.sigmoid()[:, :, index.view(-1)].view(batch, num_anchors, len(spans), width)
     return (probs * valid).sum(-1) / count
+
+
+@functools.lru_cache(maxsize=64)
+def _span_tensors(spans: tuple[tuple[int, ...], ...], device: torch.device, dtype: torch.dtype
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(token index [P, W], weights [P, W], token count [P]) of phrase spans, made once per
+    prompt and device: each is a host-to-device copy, which on a GPU waits for the queued work."""
+    lengths = [len(tokens) for tokens in spans]
+    width = max(lengths)
+    with torch.inference_mode(False):  # normal tensors: usable where autograd records too
+        index = torch.tensor([list(tokens) + [0] * (width - len(tokens)) for tokens in spans],
+                             dtype=torch.long, device=device)
+        valid = torch.tensor([[1.0] * n + [0.0] * (width - n) for n in lengths], dtype=dtype, device=device)
+        count = torch.tensor([max(n, 1) for n in lengths], dtype=dtype, device=device)
+    return index, valid, count
 
 
 def _pairwise_iou_plus1(boxes: torch.Tensor) -> torch.Tensor:

@@ -49,14 +49,15 @@ class BiMultiHeadAttention(nn.Module):
         b, _, s, _ = x.shape
         return x.transpose(1, 2).reshape(b, s, self.embed_dim)
 
-    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """v: [B, N, Cv] visual tokens; l: [B, L, Cl] text tokens; text_mask: [B, L] (1 = real).
+    def forward(self, v: torch.Tensor, l: torch.Tensor, text_mask: torch.Tensor | None,
+                has_padding: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """v: [B, N, Cv] visual tokens; l: [B, L, Cl] text tokens; text_mask: [B, L] (1 = real);
+        has_padding: whether text_mask has a 0 (None: read from the mask, a host sync).
 
         Returns the two updates (delta_v [B, N, Cv], delta_l [B, L, Cl]), before layer scale.
         """
         if self.num_heads * l.shape[1] < self.embed_dim:
-            return self._forward_factorized(v, l, text_mask)
+            return self._forward_factorized(v, l, text_mask, has_padding)
         return self._forward_projected(v, l, text_mask)
 
     def _probabilities(self, logits: torch.Tensor, text_mask: torch.Tensor | None
@@ -87,7 +88,7 @@ class BiMultiHeadAttention(nn.Module):
         out_l = self.out_l_proj(self._merge(probs_l @ value_v))
         return out_v, out_l
 
-    def _forward_factorized(self, v, l, text_mask):
+    def _forward_factorized(self, v, l, text_mask, has_padding=None):
         """The same function re-associated around the few text tokens.
 
         Per head, q k^T = s (v Wq_h^T + bq_h) k_h^T = v (s Wq_h^T k_h^T) + s bq_h k_h^T, so the N
@@ -119,7 +120,9 @@ class BiMultiHeadAttention(nn.Module):
         logits = logits.clamp(-c, c) if grad else logits.clamp_(-c, c)
         probs_l = logits.softmax(dim=1)  # text->vision: over the N positions, per (head, token)
         per_head = logits.view(b, n, heads, length)
-        if text_mask is not None and not bool(text_mask.all()):
+        if text_mask is not None and has_padding is None:
+            has_padding = not bool(text_mask.all())
+        if text_mask is not None and has_padding:
             # In float32 (the official code adds a float32 mask): -9e15 overflows float16.
             per_head = per_head.float().masked_fill(text_mask[:, None, None, :] == 0, _TEXT_MASK_VALUE)
         probs_v = per_head.softmax(dim=-1).to(probs_l.dtype).view(b, n, heads * length)
@@ -160,9 +163,10 @@ class BiAttentionBlock(nn.Module):
         self.gamma_v = nn.Parameter(torch.full((v_dim,), init_layer_scale))
         self.gamma_l = nn.Parameter(torch.full((l_dim,), init_layer_scale))
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """visual: per level [B, C, H_i, W_i]; text: [B, L, D]; text_mask: [B, L].
+    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor,
+                has_padding: bool | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """visual: per level [B, C, H_i, W_i]; text: [B, L, D]; text_mask: [B, L]; has_padding:
+        see `BiMultiHeadAttention.forward`.
 
         Returns the fused levels (same shapes) and the fused text [B, L, D].
         """
@@ -170,7 +174,7 @@ class BiAttentionBlock(nn.Module):
         flat = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)  # [B, N, C]
         v = self.layer_norm_v(flat)
         l = self.layer_norm_l(text)
-        delta_v, delta_l = self.attn(v, l, text_mask)
+        delta_v, delta_l = self.attn(v, l, text_mask, has_padding)
         v = v + self.gamma_v * delta_v
         l = l + self.gamma_l * delta_l
         v = v.transpose(1, 2)

@@ -11,9 +11,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-_TAP_DY = (-1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0)
-_TAP_DX = (-1.0, 0.0, 1.0, -1.0, 0.0, 1.0, -1.0, 0.0, 1.0)
-
 
 def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
                                weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1
@@ -30,8 +27,10 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     h, w = offset.shape[-2:]
     offset = offset.float()  # pixel coordinates need float32 even when the model runs in 16 bits
     dtype, device = offset.dtype, offset.device
-    tap_dy = torch.tensor(_TAP_DY, dtype=dtype, device=device).view(1, 9, 1, 1)
-    tap_dx = torch.tensor(_TAP_DX, dtype=dtype, device=device).view(1, 9, 1, 1)
+    # tap offsets (-1, 0, 1) made on the device, not copied from the host (capturable in a CUDA graph)
+    taps = torch.arange(9, device=device)
+    tap_dy = (taps // 3 - 1).to(dtype).view(1, 9, 1, 1)
+    tap_dx = (taps % 3 - 1).to(dtype).view(1, 9, 1, 1)
     rows = (torch.arange(h, dtype=dtype, device=device) * stride).view(1, 1, h, 1)
     cols = (torch.arange(w, dtype=dtype, device=device) * stride).view(1, 1, 1, w)
     # Normalised coordinates for align_corners=False (pixel i spans [i-0.5, i+0.5]); unlike

@@ -33,11 +33,12 @@ class VLDyHeadLayer(nn.Module):
             self.text_layer = None
         self.dyconv = DyConv(head.channels, head.group_norm_groups)
 
-    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor
-                ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """visual: per level [B, C, H_l, W_l]; text: [B, L, D]; text_mask: [B, L]."""
+    def forward(self, visual: list[torch.Tensor], text: torch.Tensor, text_mask: torch.Tensor,
+                has_padding: bool | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """visual: per level [B, C, H_l, W_l]; text: [B, L, D]; text_mask: [B, L]; has_padding:
+        whether text_mask has a 0 (None: unknown, read from the mask)."""
         if self.fusion is not None:
-            visual, text = self.fusion(visual, text, text_mask)
+            visual, text = self.fusion(visual, text, text_mask, has_padding)
             text = self.text_layer(text, text_mask)
         return self.dyconv(visual), text
 
@@ -97,7 +98,7 @@ class VLDyHead(nn.Module):
         """features: FPN levels [B, C, H_l, W_l]; text: output of the language backbone."""
         visual, hidden = features, text.hidden
         for layer in self.layers:
-            visual, hidden = layer(visual, hidden, text.mask)
+            visual, hidden = layer(visual, hidden, text.mask, text.has_padding)
         scoring_tokens = hidden if self.cfg.fused_features_for_scoring else text.embedded
         token_logits, box_regression, centerness = [], [], []
         for level, x in enumerate(visual):

@@ -19,12 +19,16 @@ class TextFeatures:
     embedded: [B, L, D] `hidden` with padded positions zeroed.
     mask:     [B, L] int64 attention mask (1 = real token).
     aggregate: [B, D] mean of the real tokens' features.
+    has_padding: whether `mask` has any 0, when the caller knows it (None: the fusion reads the
+    mask, a device-to-host sync; a known value keeps the forward free of syncs, as a CUDA graph
+    capture needs).
     """
 
     hidden: torch.Tensor
     embedded: torch.Tensor
     mask: torch.Tensor
     aggregate: torch.Tensor
+    has_padding: bool | None = None
 
     @staticmethod
     def stack(parts: "list[TextFeatures]") -> "TextFeatures":
@@ -32,6 +36,8 @@ class TextFeatures:
         positions are padding (zero features, mask 0), which no real token ever attends to, so
         each caption's real tokens get what they would get alone."""
         length = max(p.hidden.shape[1] for p in parts)
+        known = [p.has_padding for p in parts]
+        padded = None if None in known else any(known) or any(p.hidden.shape[1] < length for p in parts)
 
         def pad(t: torch.Tensor) -> torch.Tensor:
             extra = length - t.shape[1]
@@ -40,7 +46,7 @@ class TextFeatures:
         return TextFeatures(hidden=torch.cat([pad(p.hidden) for p in parts]),
                             embedded=torch.cat([pad(p.embedded) for p in parts]),
                             mask=torch.cat([pad(p.mask) for p in parts]),
-                            aggregate=torch.cat([p.aggregate for p in parts]))
+                            aggregate=torch.cat([p.aggregate for p in parts]), has_padding=padded)
 
 
 class LanguageBackbone(nn.Module):
