@@ -205,15 +205,19 @@ def test_finetune_cli_records_the_options_and_resume_keeps_them(golden_dir, tmp_
 def test_bench_request_names_its_tuning_variants():
     official = SyntheticRequest()
     assert official.variant("full") == "" and official.variant("prompt") == ""
-    req = SyntheticRequest(freeze=("language", "backbone"), fusion_lr_factor=0.1, prompt_lr=0.01, prompt_patience=20)
+    req = SyntheticRequest(freeze=("language", "backbone"), fusion_lr_factor=0.1, prompt_lr=0.01, prompt_patience=20,
+                           prompt_lr_patience=10)
     assert req.variant("full") == "--freeze-backbone+language--fusion-lr-x0.1"
-    assert req.variant("prompt") == "--lr-0.01--patience-20"
+    assert req.variant("prompt") == "--lr-0.01--patience-20--lr-patience-10"
+    assert SyntheticRequest(prompt_patience=20).tuning_options("prompt") == {"stop_patience": 20}
     assert req.tuning_options("full") == {"freeze": ("backbone", "language"), "fusion_lr_factor": 0.1}
     assert req.data_identity() == official.data_identity()  # variants share the folder and its data
     with pytest.raises(GlipError, match="--freeze: unknown part"):
         SyntheticRequest(freeze=("neck",))
     with pytest.raises(GlipError, match="has no effect"):
         SyntheticRequest(freeze=("fusion",), fusion_lr_factor=0.1)
+    with pytest.raises(GlipError, match="--prompt-lr-patience must be a whole number >= 0"):
+        SyntheticRequest(prompt_lr_patience=-1)
 
 
 def test_bench_synthetic_passes_the_options_to_its_tuning_runs(tmp_path, capsys):
@@ -225,18 +229,19 @@ def test_bench_synthetic_passes_the_options_to_its_tuning_runs(tmp_path, capsys)
     args = ["bench", "synthetic", "--weights", str(weights), "--images", "2", "--train-images", "2",
             "--valid-images", "1", "--shots", "1", "--epochs", "1", "--output", str(out), "--device", "cpu",
             "--val-shots", "0", "--patience", "3", "--freeze", "backbone", "--fusion-lr-factor", "0.5",
-            "--prompt-patience", "5", "--prompt-lr", "0.01", "--quiet"]
+            "--prompt-patience", "5", "--prompt-lr", "0.01", "--prompt-lr-patience", "4", "--quiet"]
     assert main(args) == 0
     cells = {p.name for p in (out / "cells").iterdir()}
     assert "novel-shape__finetune--freeze-backbone--fusion-lr-x0.5.json" in cells
-    assert "novel-shape__prompt-tune--lr-0.01--patience-5.json" in cells
+    assert "novel-shape__prompt-tune--lr-0.01--patience-5--lr-patience-4.json" in cells
     assert "novel-shape__finetune.json" not in cells and "novel-shape__prompt-tune.json" not in cells
     full = json.loads((out / "runs" / "novel-shape-full-1shot--freeze-backbone--fusion-lr-x0.5" / "run.json")
                       .read_text())["config"]
     assert full["freeze"] == ["backbone"] and full["fusion_lr_factor"] == 0.5 and full["stop_patience"] == 3
-    prompt = json.loads((out / "runs" / "novel-shape-prompt-1shot--lr-0.01--patience-5" / "run.json")
+    prompt = json.loads((out / "runs" / "novel-shape-prompt-1shot--lr-0.01--patience-5--lr-patience-4" / "run.json")
                         .read_text())["config"]
-    assert prompt["lr"] == 0.01 and prompt["stop_patience"] == 5 and prompt["freeze"] == []
+    assert prompt["lr"] == 0.01 and prompt["stop_patience"] == 5 and prompt["lr_patience"] == 4
+    assert prompt["freeze"] == [] and full["lr_patience"] != 4
     results = json.loads((out / "results.json").read_text())
     settings = [r["setting"] for r in results["rows"]]
     assert "1-shot fine-tuning (full model; freeze-backbone fusion-lr-x0.5)" in settings

@@ -270,6 +270,9 @@ def synthetic(
     prompt_patience: Annotated[Optional[int], typer.Option(
         callback=ranges.count(1), help="Prompt tuning: evaluations without a better validation AP before it stops "
                                        "(default: --patience).")] = None,
+    prompt_lr_patience: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(0), help="Prompt tuning: evaluations without a better validation AP before its lr drops "
+                                       "x0.1 (default: official 3).")] = None,
     eval_batch_size: EvalBatchOpt = 4,
     keep_weights: Annotated[bool, typer.Option(help="Keep the tuned weights and checkpoints.")] = False,
     device: DeviceOpt = "auto",
@@ -290,7 +293,7 @@ def synthetic(
                                eval_batch_size=eval_batch_size, keep_weights=keep_weights, freeze=tuple(freeze or ()),
                                backbone_lr_factor=backbone_lr_factor, fusion_lr_factor=fusion_lr_factor,
                                head_lr_factor=head_lr_factor, lr=lr, prompt_lr=prompt_lr,
-                               prompt_patience=prompt_patience)
+                               prompt_patience=prompt_patience, prompt_lr_patience=prompt_lr_patience)
     report = run_synthetic(request, _model(model, weights, config, device, "float32"),
                            console=None if quiet else stderr, progress=not quiet)
     if not quiet:

@@ -28,7 +28,7 @@ Measurements (pycocotools box AP and AP50 on each test split, the engine's `eval
 
 Beyond the official protocol, the fine-tuning run takes the engine's options for small models
 (`freeze`, `backbone_lr_factor`, `fusion_lr_factor`, `head_lr_factor`, `lr`) and the prompt-tuning
-run its own `prompt_lr` / `prompt_patience`; a tuning cell run with any of them is named after them
+run its own `prompt_lr` / `prompt_patience` / `prompt_lr_patience`; a tuning cell run with any of them is named after them
 (`novel-shape/finetune--freeze-backbone--fusion-lr-x0.1`), so one `OUT` holds several variants.
 
 Each measurement is a cell, written to `OUT/cells/<name>.json` when done; a re-run with the same
@@ -81,8 +81,8 @@ class SyntheticRequest:
     epoch (None: K shots, official; 0: the whole validation pool); patience: evaluations without a
     better validation AP before a tuning run stops (None: official); eval_batch_size: images per
     evaluation pass. freeze / *_lr_factor / lr: the fine-tuning run's `TrainConfig` options (default:
-    official); prompt_lr / prompt_patience: the prompt-tuning run's lr and patience (None: official,
-    `patience`)."""
+    official); prompt_lr / prompt_patience / prompt_lr_patience: the prompt-tuning run's lr, patience
+    and lr patience (None: official; the patience as `patience`)."""
 
     output: str | Path | None = None
     seed: int = 1
@@ -104,13 +104,14 @@ class SyntheticRequest:
     lr: float | None = None
     prompt_lr: float | None = None
     prompt_patience: int | None = None
+    prompt_lr_patience: int | None = None
 
     def __post_init__(self) -> None:
         self.freeze = parse_parts(self.freeze)
-        if self.prompt_patience is not None and (isinstance(self.prompt_patience, bool)
-                                                 or not isinstance(self.prompt_patience, int)
-                                                 or self.prompt_patience < 1):
-            raise GlipError(f"--prompt-patience must be a whole number >= 1 (got {self.prompt_patience!r})")
+        for name, low in (("prompt_patience", 1), ("prompt_lr_patience", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise GlipError(f"--{name.replace('_', '-')} must be a whole number >= {low} (got {value!r})")
         # the engine's own checks, with the engine's messages
         TrainConfig(task="full", **self.tuning_options("full"))
         TrainConfig(task="prompt", **self.tuning_options("prompt"))
@@ -131,8 +132,8 @@ class SyntheticRequest:
         """The `TrainConfig` options of the fine-tuning (`full`) or prompt-tuning run that differ
         from the official protocol (beyond the shared `epochs`, `patience` ...)."""
         if task == "prompt":
-            return {k: v for k, v in (("lr", self.prompt_lr), ("stop_patience", self.prompt_patience))
-                    if v is not None}
+            return {k: v for k, v in (("lr", self.prompt_lr), ("stop_patience", self.prompt_patience),
+                                      ("lr_patience", self.prompt_lr_patience)) if v is not None}
         options: dict[str, Any] = {"freeze": self.freeze} if self.freeze else {}
         options.update({n: getattr(self, n) for n in LR_FACTORS if getattr(self, n) != 1.0})
         if self.lr is not None:
@@ -148,7 +149,7 @@ class SyntheticRequest:
             elif key.endswith("_lr_factor"):
                 words.append(f"{key.removesuffix('_lr_factor')}-lr-x{value:g}")
             else:
-                words.append(f"{'patience' if key == 'stop_patience' else key}-{value:g}")
+                words.append(f"{key.removeprefix('stop_').replace('_', '-')}-{value:g}")
         return "".join(f"--{w}" for w in words)
 
 
