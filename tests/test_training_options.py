@@ -156,6 +156,7 @@ def test_settings_round_trip_through_the_run_record_and_resume_compares_them():
     stored = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))  # a tuple comes back as a list
     assert stored == config and stored.freeze == ("backbone", "language")
     assert stored.resumed_with({"freeze": ("backbone", "language"), "fusion_lr_factor": 0.1}) == config
+    assert stored.resumed_with({"freeze": ["language", "backbone"]}) == config  # as the Python API may give it
     with pytest.raises(GlipError, match="started with --freeze"):
         stored.resumed_with({"freeze": ("backbone",)})
     with pytest.raises(GlipError, match="started with --fusion-lr-factor 0.1, not 1.0"):

@@ -131,6 +131,12 @@ class TrainConfig(RunSettings):
             if part in self.freeze and getattr(self, name) != 1.0:
                 raise GlipError(f"{_flag(name)} {getattr(self, name)} has no effect: --freeze {part} freezes it")
 
+    def resumed_with(self, given: dict) -> "TrainConfig":
+        """As `RunSettings.resumed_with`, `freeze` compared as a set of parts (any order, list or tuple)."""
+        if given.get("freeze") is not None:
+            given = {**given, "freeze": parse_parts(given["freeze"])}
+        return super().resumed_with(given)
+
     @property
     def frozen_parts(self) -> tuple[str, ...]:
         """The parts kept frozen in full fine-tuning: `freeze`, and the language backbone when
