@@ -172,7 +172,8 @@ def test_settings_round_trip_through_the_run_record_and_resume_compares_them():
     (["--fusion-lr-factor", "0"], "--fusion-lr-factor must be a number above 0, at most 100 (got 0.0)"),
     (["--backbone-lr-factor", "nan"], "--backbone-lr-factor must be a number above 0"),
     (["--head-lr-factor", "1e9"], "--head-lr-factor must be a number above 0, at most 100"),
-    (["--mode", "linear-probe", "--freeze", "backbone"], "--freeze: for full fine-tuning only (this run's task is 'linear-probe')"),
+    (["--mode", "linear-probe", "--freeze", "backbone"],
+     "--freeze: for full fine-tuning only (this run's task is 'linear-probe')"),
 ])
 def test_finetune_cli_refuses_bad_values_with_one_line(tmp_path, capsys, args, message):
     shapes_dataset(tmp_path / "data", train_images=1)

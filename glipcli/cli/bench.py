@@ -254,8 +254,9 @@ def synthetic(
         min=1, callback=ranges.count(1),
                help="Evaluations without a better validation AP before a tuning run stops (default: official 8).")] = None,
     freeze: Annotated[Optional[list[str]], typer.Option(
-        "--freeze", metavar="PART", help="Fine-tuning: freeze backbone (Swin + FPN), language, fusion (X-MHA) or head; repeat or "
-                         "separate by commas (default: none, official).")] = None,
+        "--freeze", metavar="PART",
+        help="Fine-tuning: freeze backbone (Swin + FPN), language, fusion (X-MHA) or head; repeat or separate by "
+             "commas (default: none, official).")] = None,
     backbone_lr_factor: Annotated[float, typer.Option(callback=ranges.learning_rate_factor,
                                                       help="Fine-tuning: image-encoder lr = base lr x this.")] = 1.0,
     fusion_lr_factor: Annotated[float, typer.Option(callback=ranges.learning_rate_factor,

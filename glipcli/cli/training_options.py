@@ -77,9 +77,10 @@ Patience = Annotated[Optional[int], typer.Option(
     callback=ranges.count(1), help="Evaluations without a better val AP before stopping (official 8; 4 with all data).",
     rich_help_panel=SCHEDULE)]
 Freeze = Annotated[Optional[list[str]], typer.Option(
-    "--freeze", metavar="PART", help="Freeze a part of the model in full fine-tuning: backbone (the image encoder, Swin + FPN), "
-                     "language, fusion (the X-MHA layers of the head), head (the rest of the head); repeat the "
-                     "option or separate parts by commas. (default: none, official)", rich_help_panel=SCHEDULE)]
+    "--freeze", metavar="PART",
+    help="Freeze a part of the model in full fine-tuning: backbone (the image encoder, Swin + FPN), language, "
+         "fusion (the X-MHA layers of the head), head (the rest of the head); repeat the option or separate parts "
+         "by commas. (default: none, official)", rich_help_panel=SCHEDULE)]
 BackboneLrFactor = Annotated[Optional[float], typer.Option(
     callback=ranges.learning_rate_factor,
     help="Learning rate of the image encoder (Swin + FPN) = base lr x this. (default: 1, official)",

@@ -28,8 +28,9 @@ Measurements (pycocotools box AP and AP50 on each test split, the engine's `eval
 
 Beyond the official protocol, the fine-tuning run takes the engine's options for small models
 (`freeze`, `backbone_lr_factor`, `fusion_lr_factor`, `head_lr_factor`, `lr`) and the prompt-tuning
-run its own `prompt_lr` / `prompt_patience` / `prompt_lr_patience`; a tuning cell run with any of them is named after them
-(`novel-shape/finetune--freeze-backbone--fusion-lr-x0.1`), so one `OUT` holds several variants.
+run its own `prompt_lr` / `prompt_patience` / `prompt_lr_patience`; a tuning cell run with any of
+them is named after them (`novel-shape/finetune--freeze-backbone--fusion-lr-x0.1`), so one `OUT`
+holds several variants.
 
 Each measurement is a cell, written to `OUT/cells/<name>.json` when done; a re-run with the same
 `OUT` skips finished cells (and resumes an interrupted training run). `OUT/results.json` and
@@ -326,11 +327,11 @@ def run_synthetic(req: SyntheticRequest, model: BenchModel | None = None, consol
     cells["novel-shape/zero-shot"] = bench.cell(
         "novel-shape/zero-shot", lambda: bench.zero_shot(data["novel-shape"], "plain", "never-seen shape"))
     cells["novel-shape/finetune"] = bench.cell(
-        "novel-shape/finetune" + req.variant("full"), lambda: bench.tune(data["novel-shape"], "full", f"never-seen shape, {req.shots}-shot"
-                                                   " fine-tuning"))
+        "novel-shape/finetune" + req.variant("full"),
+        lambda: bench.tune(data["novel-shape"], "full", f"never-seen shape, {req.shots}-shot fine-tuning"))
     cells["novel-shape/prompt-tune"] = bench.cell(
-        "novel-shape/prompt-tune" + req.variant("prompt"), lambda: bench.tune(data["novel-shape"], "prompt", f"never-seen shape, {req.shots}-shot"
-                                                      " prompt tuning"))
+        "novel-shape/prompt-tune" + req.variant("prompt"),
+        lambda: bench.tune(data["novel-shape"], "prompt", f"never-seen shape, {req.shots}-shot prompt tuning"))
     for wording in WORDINGS:
         cells[f"seen-shapes/{wording}"] = bench.cell(
             f"seen-shapes/{wording}", lambda w=wording: bench.zero_shot(data["seen-shapes"], w, "seen shapes"))
