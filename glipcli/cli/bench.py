@@ -253,6 +253,27 @@ def synthetic(
     patience: Annotated[Optional[int], typer.Option(
         min=1, callback=ranges.count(1),
                help="Evaluations without a better validation AP before a tuning run stops (default: official 8).")] = None,
+    freeze: Annotated[Optional[list[str]], typer.Option(
+        "--freeze", metavar="PART",
+        help="Fine-tuning: freeze backbone (Swin + FPN), language, fusion (X-MHA) or head; repeat or separate by "
+             "commas (default: none, official).")] = None,
+    backbone_lr_factor: Annotated[float, typer.Option(callback=ranges.learning_rate_factor,
+                                                      help="Fine-tuning: image-encoder lr = base lr x this.")] = 1.0,
+    fusion_lr_factor: Annotated[float, typer.Option(callback=ranges.learning_rate_factor,
+                                                    help="Fine-tuning: fusion (X-MHA) lr = base lr x this.")] = 1.0,
+    head_lr_factor: Annotated[float, typer.Option(callback=ranges.learning_rate_factor,
+                                                  help="Fine-tuning: lr of the rest of the head = base lr x this.")
+                              ] = 1.0,
+    lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                help="Fine-tuning base lr (default: official 1e-4).")] = None,
+    prompt_lr: Annotated[Optional[float], typer.Option(callback=ranges.learning_rate,
+                                                       help="Prompt-tuning lr (default: official 0.05).")] = None,
+    prompt_patience: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1), help="Prompt tuning: evaluations without a better validation AP before it stops "
+                                       "(default: --patience).")] = None,
+    prompt_lr_patience: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(0), help="Prompt tuning: evaluations without a better validation AP before its lr drops "
+                                       "x0.1 (default: official 3).")] = None,
     eval_batch_size: EvalBatchOpt = 4,
     keep_weights: Annotated[bool, typer.Option(help="Keep the tuned weights and checkpoints.")] = False,
     device: DeviceOpt = "auto",
@@ -270,7 +291,10 @@ def synthetic(
     request = SyntheticRequest(output=output, seed=seed, images=images, train_images=train_images,
                                valid_images=valid_images, shots=shots, train_seed=train_seed, epochs=epochs,
                                batch_size=batch_size, val_shots=val_shots, patience=patience,
-                               eval_batch_size=eval_batch_size, keep_weights=keep_weights)
+                               eval_batch_size=eval_batch_size, keep_weights=keep_weights, freeze=tuple(freeze or ()),
+                               backbone_lr_factor=backbone_lr_factor, fusion_lr_factor=fusion_lr_factor,
+                               head_lr_factor=head_lr_factor, lr=lr, prompt_lr=prompt_lr,
+                               prompt_patience=prompt_patience, prompt_lr_patience=prompt_lr_patience)
     report = run_synthetic(request, _model(model, weights, config, device, "float32"),
                            console=None if quiet else stderr, progress=not quiet)
     if not quiet:

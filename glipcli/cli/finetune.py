@@ -44,8 +44,13 @@ def finetune(
                                                 help="Base learning rate. (default: 1e-4)",
                                                 rich_help_panel=opt.SCHEDULE)] = None,
     language_lr: Annotated[Optional[float], typer.Option(callback=ranges.language_learning_rate,
-                                                         help="Language-backbone learning rate. (default: 1e-5)",
+                                                         help="Language-backbone learning rate; 0 freezes it, "
+                                                              "as --freeze language. (default: 1e-5)",
                                                          rich_help_panel=opt.SCHEDULE)] = None,
+    freeze: opt.Freeze = None,
+    backbone_lr_factor: opt.BackboneLrFactor = None,
+    fusion_lr_factor: opt.FusionLrFactor = None,
+    head_lr_factor: opt.HeadLrFactor = None,
     weight_decay: opt.WeightDecay = None,
     lr_patience: opt.LrPatience = None,
     patience: opt.Patience = None,
@@ -63,6 +68,11 @@ def finetune(
     if mode is not None and mode not in MODES:
         raise GlipError(f"--mode must be one of {', '.join(MODES)} (got {mode!r})")
     task = mode or "full"
+    if freeze is not None:
+        # deferred import: keeps `glip --help` fast
+        from glipcli.engine.train_config import parse_parts
+
+        freeze = parse_parts(freeze)
     if download and data is None:
         raise GlipError("--download needs --data NAME, an ODinW dataset name (e.g. --data EgoHands_generic)")
     if download:
@@ -77,8 +87,9 @@ def finetune(
         task = _stored_task(output) or task
     options = dict(shots=shots, seed=seed, val_shots=val_shots, epochs=epochs, copies=copies,
                    batch_size=batch_size, lr=lr, language_lr=language_lr, weight_decay=weight_decay,
-                   lr_patience=lr_patience, stop_patience=patience, eval_batch_size=eval_batch_size,
-                   mixed_precision=mixed_precision, num_workers=num_workers)
+                   freeze=freeze, backbone_lr_factor=backbone_lr_factor, fusion_lr_factor=fusion_lr_factor,
+                   head_lr_factor=head_lr_factor, lr_patience=lr_patience, stop_patience=patience,
+                   eval_batch_size=eval_batch_size, mixed_precision=mixed_precision, num_workers=num_workers)
     opt.run(task, data=data, train_ann=train_ann, train_images=train_images, val_ann=val_ann,
             val_images=val_images, test_ann=test_ann, test_images=test_images, prompt_file=prompt_file,
             model=model, config=config, weights=weights, output=output, resume=resume, cpu=cpu,

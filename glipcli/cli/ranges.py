@@ -76,4 +76,5 @@ positive = finite(0.0, low_open=True)  # durations
 learning_rate = finite(0.0, 10.0, low_open=True)
 language_learning_rate = finite(0.0, 10.0)  # 0 freezes the text encoder
 non_negative = finite(0.0)  # weight decay
+learning_rate_factor = finite(0.0, 100.0, low_open=True)  # x a learning rate (freezing is --freeze)
 seed = _number_check(0, MAX_SEED, False, True, f"a whole number from 0 to {MAX_SEED}")

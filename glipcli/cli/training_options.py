@@ -76,6 +76,23 @@ LrPatience = Annotated[Optional[int], typer.Option(
 Patience = Annotated[Optional[int], typer.Option(
     callback=ranges.count(1), help="Evaluations without a better val AP before stopping (official 8; 4 with all data).",
     rich_help_panel=SCHEDULE)]
+Freeze = Annotated[Optional[list[str]], typer.Option(
+    "--freeze", metavar="PART",
+    help="Freeze a part of the model in full fine-tuning: backbone (the image encoder, Swin + FPN), language, "
+         "fusion (the X-MHA layers of the head), head (the rest of the head); repeat the option or separate parts "
+         "by commas. (default: none, official)", rich_help_panel=SCHEDULE)]
+BackboneLrFactor = Annotated[Optional[float], typer.Option(
+    callback=ranges.learning_rate_factor,
+    help="Learning rate of the image encoder (Swin + FPN) = base lr x this. (default: 1, official)",
+    rich_help_panel=SCHEDULE)]
+FusionLrFactor = Annotated[Optional[float], typer.Option(
+    callback=ranges.learning_rate_factor,
+    help="Learning rate of the fusion (X-MHA) layers = base lr x this. (default: 1, official)",
+    rich_help_panel=SCHEDULE)]
+HeadLrFactor = Annotated[Optional[float], typer.Option(
+    callback=ranges.learning_rate_factor,
+    help="Learning rate of the rest of the head = base lr x this. (default: 1, official)",
+    rich_help_panel=SCHEDULE)]
 EvalBatchSize = Annotated[Optional[int], typer.Option(callback=ranges.count(1),
                                                       help="Images per evaluation batch. (default: 4)",
                                                       rich_help_panel=SCHEDULE)]

@@ -13,6 +13,12 @@ Probing"; solver defaults of `maskrcnn_benchmark/config/defaults.py`):
 | early stopping | patience 8 evaluations (4 with all data) | same |
 | epochs / dataset copies | 1-shot 200/8, 3-shot 200/4, 5-shot 200/2, 10-shot 200/1, all data 200/1 | same |
 | frozen | full: Swin patch embedding + stage 1 (`FREEZE_CONV_BODY_AT 2`), `cls_logits` | everything but the offset |
+
+Beyond the official protocol, for small models that over-fit a few shots (full fine-tuning only;
+the defaults keep the official behaviour): `freeze` parts of the model (`PARTS`: the image
+encoder `backbone` = Swin + FPN, the `language` backbone, the X-MHA `fusion` layers, the rest of
+the `head`), and scale the base lr of a part (`backbone_lr_factor`, `fusion_lr_factor`,
+`head_lr_factor`; the language backbone has its own `language_lr`, 0 meaning frozen).
 """
 
 from __future__ import annotations
@@ -30,6 +36,26 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 # Settings that may differ when a run is resumed (they do not change what is computed).
 RESUME_FREE = ("num_workers",)
 MAX_SEED = 2**32 - 1  # every generator seeded from it (torch, Python) takes it
+# The parts of GLIP that `--freeze` names (see `glipcli.engine.trainable.part_of`).
+PARTS = ("backbone", "language", "fusion", "head")
+LR_FACTORS = ("backbone_lr_factor", "fusion_lr_factor", "head_lr_factor")
+
+
+def parse_parts(values) -> tuple[str, ...]:
+    """`--freeze` values (each one part or several separated by commas) as a tuple in `PARTS`
+    order, each part once; GlipError naming an unknown part."""
+    if isinstance(values, str):
+        values = [values]
+    names = set()
+    for value in values or ():
+        if not isinstance(value, str):
+            raise GlipError(f"--freeze takes part names ({', '.join(PARTS)}), got {excerpt(value)}")
+        for name in value.split(","):
+            name = name.strip().lower()
+            if name not in PARTS:
+                raise GlipError(f"--freeze: unknown part {excerpt(name)}; choose from {', '.join(PARTS)}")
+            names.add(name)
+    return tuple(p for p in PARTS if p in names)
 
 
 @dataclass(frozen=True)
@@ -57,6 +83,10 @@ class TrainConfig(RunSettings):
     lr_factor: float = 0.1
     min_lr: float = 1e-6
     freeze_swin_stages: int = 2
+    freeze: tuple[str, ...] = ()  # parts of `PARTS` frozen (full fine-tuning)
+    backbone_lr_factor: float = 1.0  # x the base lr (full fine-tuning)
+    fusion_lr_factor: float = 1.0
+    head_lr_factor: float = 1.0
     augment: bool = True  # official multi-scale resize + flip; False: test-size images, no flip
     eval_batch_size: int = 4
     mixed_precision: str = "no"
@@ -86,6 +116,33 @@ class TrainConfig(RunSettings):
                 raise GlipError(f"{_flag(name)} must be a finite number >= 0 (got {excerpt(value)})")
         if not 0 <= self.seed <= MAX_SEED:
             raise GlipError(f"--seed must be a whole number from 0 to {MAX_SEED} (got {self.seed})")
+        object.__setattr__(self, "freeze", parse_parts(self.freeze))  # run.json stores a list
+        for name in LR_FACTORS:
+            value = getattr(self, name)
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                    or value <= 0):
+                raise GlipError(f"{_flag(name)} must be a finite number > 0 (got {excerpt(value)}); "
+                                "--freeze freezes a part")
+        changed = [_flag(n) for n in LR_FACTORS if getattr(self, n) != 1.0] + (["--freeze"] if self.freeze else [])
+        if changed and self.task != "full":
+            raise GlipError(f"{', '.join(changed)}: for full fine-tuning only (this run's task is {self.task!r})")
+        for name in LR_FACTORS:
+            part = name.removesuffix("_lr_factor")
+            if part in self.freeze and getattr(self, name) != 1.0:
+                raise GlipError(f"{_flag(name)} {getattr(self, name)} has no effect: --freeze {part} freezes it")
+
+    def resumed_with(self, given: dict) -> "TrainConfig":
+        """As `RunSettings.resumed_with`, `freeze` compared as a set of parts (any order, list or tuple)."""
+        if given.get("freeze") is not None:
+            given = {**given, "freeze": parse_parts(given["freeze"])}
+        return super().resumed_with(given)
+
+    @property
+    def frozen_parts(self) -> tuple[str, ...]:
+        """The parts kept frozen in full fine-tuning: `freeze`, and the language backbone when
+        `language_lr` is 0 (the same thing said another way)."""
+        language = ("language",) if self.task == "full" and self.language_lr == 0 else ()
+        return parse_parts(self.freeze + language)
 
     def resolved(self) -> "TrainConfig":
         """Every None replaced by its official default."""

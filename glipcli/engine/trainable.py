@@ -19,6 +19,10 @@ Read from the official code (`tools/finetune.py: tuning_highlevel_override`,
 
 Optimiser groups (official `make_optimizer`): base lr; language-backbone parameters the language
 lr; any parameter with "bias" in its name: lr x `bias_lr_factor` (2) and `bias_weight_decay` (0).
+
+Our options for full fine-tuning (`TrainConfig.freeze`, `*_lr_factor`): a frozen part (`part_of`)
+does not train, is left out of the optimiser and runs in eval mode, as the official frozen parts
+do; an lr factor multiplies the base lr of its part (before the bias factor).
 """
 
 from __future__ import annotations
@@ -49,6 +53,41 @@ class TrainablePlan:
             module.eval()
 
 
+FUSION_MODULES = ("fusion", "text_layer")  # of each `head.layers[i]`: the X-MHA and its text-side layer
+
+
+def part_of(name: str) -> str | None:
+    """The part (`TrainConfig` PARTS) a parameter name of GLIP (or of the train module, `glip.`
+    prefixed) belongs to: `backbone` (Swin + FPN), `language`, `fusion` (each head layer's
+    bi-attention and text layer), `head` (the rest of the head); None for anything else."""
+    name = name.removeprefix("glip.")
+    top, _, rest = name.partition(".")
+    if top in ("backbone", "language"):
+        return top
+    if top == "head":
+        pieces = rest.split(".")
+        if len(pieces) > 2 and pieces[0] == "layers" and pieces[2] in FUSION_MODULES:
+            return "fusion"
+        return "head"
+    return None
+
+
+def part_modules(model: GLIP, part: str) -> list[nn.Module]:
+    """The modules making up `part` (the head's loose parameters, such as `log_scale`, belong to
+    no module and need no mode)."""
+    if part == "backbone":
+        return [model.backbone]
+    if part == "language":
+        return [model.language]
+    fusion = [getattr(layer, n) for layer in model.head.layers for n in FUSION_MODULES
+              if getattr(layer, n, None) is not None]
+    if part == "fusion":
+        return fusion
+    fusion_ids = {id(m) for m in fusion}
+    return [m for m in model.head.children() if id(m) not in fusion_ids and m is not model.head.layers] + [
+        child for layer in model.head.layers for child in layer.children() if id(child) not in fusion_ids]
+
+
 def _frozen_swin_modules(model: GLIP, stages: int) -> list[nn.Module]:
     """Official Swin `frozen_stages` semantics: >= 0 the patch embedding, >= 2 also stages
     1..stages-1."""
@@ -67,10 +106,13 @@ def configure_trainable(model: GLIP, config: TrainConfig) -> TrainablePlan:
         p.requires_grad_(False)
     if config.task == "full":
         frozen = _frozen_swin_modules(model, config.freeze_swin_stages) + [model.head.cls_logits]
+        parts = config.frozen_parts
+        for part in parts:
+            frozen.extend(part_modules(model, part))
         frozen_ids = {id(p) for m in frozen for p in m.parameters()}
         names = []
         for name, p in model.named_parameters():
-            if id(p) not in frozen_ids:
+            if id(p) not in frozen_ids and part_of(name) not in parts:
                 p.requires_grad_(True)
                 names.append(name)
         return TrainablePlan(names, frozen)
@@ -85,6 +127,15 @@ def configure_trainable(model: GLIP, config: TrainConfig) -> TrainablePlan:
     return TrainablePlan([], [model])
 
 
+def _part_lr(config, part: str | None) -> float:
+    """The lr of a parameter of `part` (None: no part of GLIP, e.g. the prompt offset), before the
+    bias factor. `config` may be any object with the official rules' fields (pre-training passes
+    its own, without part factors)."""
+    if part == "language":
+        return config.language_lr
+    return config.lr * (getattr(config, f"{part}_lr_factor", 1.0) if part is not None else 1.0)
+
+
 def param_groups(named: Iterable[tuple[str, nn.Parameter]], config: TrainConfig) -> list[dict]:
     """Optimiser groups of the trainable parameters: each parameter's lr and weight decay as
     the official per-parameter groups give them, parameters with equal settings grouped (in
@@ -93,7 +144,7 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], config: TrainConfig)
     for name, p in named:
         if not p.requires_grad:
             continue
-        lr = config.language_lr if name.startswith(("language.", "glip.language.")) else config.lr
+        lr = _part_lr(config, part_of(name))
         weight_decay = config.weight_decay
         if "bias" in name:
             lr *= config.bias_lr_factor

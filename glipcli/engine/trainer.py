@@ -162,12 +162,14 @@ class Trainer(TrainingRun):
         if self.is_prompt:
             self.base_identity = model_identity(self.model)
             offset = TextOffset(model_cfg.language.max_query_len, model_cfg.language.hidden_size)
-        frozen_text = cfg.task != "full"
+        frozen_text = cfg.task != "full" or "language" in cfg.frozen_parts
         self.module = GroundingTrainModule(self.model, offset, frozen_text=frozen_text)
         groups = param_groups(self.module.named_parameters(), cfg)
         if not groups:
             raise GlipError("nothing to train: no parameter requires a gradient")
         self.trainable = [p for g in groups for p in g["params"]]
+        # the group whose lr the log reports: one at the base lr (the first group, unless lr factors move it)
+        self._lr_group = next((i for i, g in enumerate(groups) if g["lr"] == cfg.lr), 0)
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.module, self.optimizer = acc.prepare(self.module, optimizer)
         reduce_mean = (lambda t: acc.reduce(t, "mean")) if acc.num_processes > 1 else None
@@ -391,7 +393,7 @@ class Trainer(TrainingRun):
             self._at_step_boundary = True
             total = sum(losses.values())
             window = (window + [total])[-20:]
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = self.optimizer.param_groups[self._lr_group]["lr"]
             self._log("step", epoch=epoch + 1, step=self.state.step, global_step=self.state.global_step,
                       loss=total, lr=lr, **losses)
             progress.update(task, advance=1, loss=f"{sum(window) / len(window):.4f}")
@@ -429,7 +431,7 @@ class Trainer(TrainingRun):
 
     def _end_epoch(self, epoch: int) -> None:
         cfg = self.config
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"],
+        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[self._lr_group]["lr"],
                                  "global_step": self.state.global_step}
         if self.data.val is not None:
             result = self._evaluate(self.data.val, self.val_indices)
@@ -443,7 +445,7 @@ class Trainer(TrainingRun):
             self._say(f"epoch {epoch + 1}: val AP {result.metrics['AP']:.4f} AP50 {result.metrics['AP50']:.4f}"
                       + (" (best)" if is_best
                          else f" (best {self.stopper.best:.4f} at epoch {self.stopper.best_epoch})")
-                      + (f"; lr reduced to {self.optimizer.param_groups[0]['lr']:.2e}" if reduced else ""))
+                      + (f"; lr reduced to {self.optimizer.param_groups[self._lr_group]['lr']:.2e}" if reduced else ""))
             if self.stopper.should_stop:
                 self.state.stopped_early = True
                 self._log("early_stop", epoch=epoch + 1, best_epoch=self.stopper.best_epoch)

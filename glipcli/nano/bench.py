@@ -26,6 +26,12 @@ Measurements (pycocotools box AP and AP50 on each test split, the engine's `eval
 - the same test sets asked in three wordings (`prompts/{plain,synonym,descriptive}.yaml`):
   `circle` / `disc` / `round shape`, `orange circle` / `tangerine disc` / `orange round shape`.
 
+Beyond the official protocol, the fine-tuning run takes the engine's options for small models
+(`freeze`, `backbone_lr_factor`, `fusion_lr_factor`, `head_lr_factor`, `lr`) and the prompt-tuning
+run its own `prompt_lr` / `prompt_patience` / `prompt_lr_patience`; a tuning cell run with any of
+them is named after them (`novel-shape/finetune--freeze-backbone--fusion-lr-x0.1`), so one `OUT`
+holds several variants.
+
 Each measurement is a cell, written to `OUT/cells/<name>.json` when done; a re-run with the same
 `OUT` skips finished cells (and resumes an interrupted training run). `OUT/results.json` and
 `OUT/results.md` hold the table.
@@ -49,7 +55,7 @@ from glipcli.data.coco import load_coco
 from glipcli.data.training_prompt import build_training_prompt
 from glipcli.engine import training_state
 from glipcli.engine.evaluate import evaluate
-from glipcli.engine.train_config import TrainConfig
+from glipcli.engine.train_config import LR_FACTORS, TrainConfig, parse_parts
 from glipcli.engine.trainer import TrainData, Trainer
 from glipcli.errors import GlipError
 from glipcli.io import atomic_write, json_text
@@ -75,7 +81,9 @@ class SyntheticRequest:
     fine-tuning schedule (None: official); val_shots: the validation subset that picks the best
     epoch (None: K shots, official; 0: the whole validation pool); patience: evaluations without a
     better validation AP before a tuning run stops (None: official); eval_batch_size: images per
-    evaluation pass."""
+    evaluation pass. freeze / *_lr_factor / lr: the fine-tuning run's `TrainConfig` options (default:
+    official); prompt_lr / prompt_patience / prompt_lr_patience: the prompt-tuning run's lr, patience
+    and lr patience (None: official; the patience as `patience`)."""
 
     output: str | Path | None = None
     seed: int = 1
@@ -90,8 +98,24 @@ class SyntheticRequest:
     patience: int | None = None
     eval_batch_size: int = 4
     keep_weights: bool = False
+    freeze: tuple[str, ...] = ()
+    backbone_lr_factor: float = 1.0
+    fusion_lr_factor: float = 1.0
+    head_lr_factor: float = 1.0
+    lr: float | None = None
+    prompt_lr: float | None = None
+    prompt_patience: int | None = None
+    prompt_lr_patience: int | None = None
 
     def __post_init__(self) -> None:
+        self.freeze = parse_parts(self.freeze)
+        for name, low in (("prompt_patience", 1), ("prompt_lr_patience", 0)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise GlipError(f"--{name.replace('_', '-')} must be a whole number >= {low} (got {value!r})")
+        # the engine's own checks, with the engine's messages
+        TrainConfig(task="full", **self.tuning_options("full"))
+        TrainConfig(task="prompt", **self.tuning_options("prompt"))
         for name, low in (("seed", 0), ("images", 1), ("train_images", 1), ("valid_images", 1), ("shots", 1),
                           ("train_seed", 0), ("epochs", 1), ("batch_size", 1), ("val_shots", 0), ("patience", 1),
                           ("eval_batch_size", 1)):
@@ -104,6 +128,30 @@ class SyntheticRequest:
                 "valid_images": self.valid_images, "shots": self.shots, "train_seed": self.train_seed,
                 "epochs": self.epochs, "batch_size": self.batch_size, "val_shots": self.val_shots,
                 "patience": self.patience}
+
+    def tuning_options(self, task: str) -> dict[str, Any]:
+        """The `TrainConfig` options of the fine-tuning (`full`) or prompt-tuning run that differ
+        from the official protocol (beyond the shared `epochs`, `patience` ...)."""
+        if task == "prompt":
+            return {k: v for k, v in (("lr", self.prompt_lr), ("stop_patience", self.prompt_patience),
+                                      ("lr_patience", self.prompt_lr_patience)) if v is not None}
+        options: dict[str, Any] = {"freeze": self.freeze} if self.freeze else {}
+        options.update({n: getattr(self, n) for n in LR_FACTORS if getattr(self, n) != 1.0})
+        if self.lr is not None:
+            options["lr"] = self.lr
+        return options
+
+    def variant(self, task: str) -> str:
+        """The tuning options as a name ('' for the official protocol): '--freeze-backbone--lr-0.0003'."""
+        words = []
+        for key, value in self.tuning_options(task).items():
+            if key == "freeze":
+                words.append("freeze-" + "+".join(value))
+            elif key.endswith("_lr_factor"):
+                words.append(f"{key.removesuffix('_lr_factor')}-lr-x{value:g}")
+            else:
+                words.append(f"{key.removeprefix('stop_').replace('_', '-')}-{value:g}")
+        return "".join(f"--{w}" for w in words)
 
 
 @dataclass
@@ -221,7 +269,8 @@ class _Cells:
         if req.patience is not None:
             options["stop_patience"] = req.patience
         options["eval_batch_size"] = req.eval_batch_size
-        run_dir = self.out / RUNS_DIR / f"novel-shape-{task}-{req.shots}shot"
+        options.update(req.tuning_options(task))
+        run_dir = self.out / RUNS_DIR / f"novel-shape-{task}-{req.shots}shot{req.variant(task)}"
         resume = training_state.latest(run_dir) is not None
         if not resume and run_dir.exists():
             shutil.rmtree(run_dir)  # an unfinished run without a checkpoint: start again
@@ -239,6 +288,7 @@ class _Cells:
         return {"metrics": metrics["test"]["metrics"], "train_images": metrics.get("train_images"),
                 "best_epoch": metrics.get("best_epoch"), "epochs_run": metrics.get("epochs_run"),
                 "stopped_early": metrics.get("stopped_early"), "run_dir": str(run_dir),
+                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in req.tuning_options(task).items()},
                 "caption": metrics.get("caption")}
 
 
@@ -277,15 +327,15 @@ def run_synthetic(req: SyntheticRequest, model: BenchModel | None = None, consol
     cells["novel-shape/zero-shot"] = bench.cell(
         "novel-shape/zero-shot", lambda: bench.zero_shot(data["novel-shape"], "plain", "never-seen shape"))
     cells["novel-shape/finetune"] = bench.cell(
-        "novel-shape/finetune", lambda: bench.tune(data["novel-shape"], "full", f"never-seen shape, {req.shots}-shot"
-                                                   " fine-tuning"))
+        "novel-shape/finetune" + req.variant("full"),
+        lambda: bench.tune(data["novel-shape"], "full", f"never-seen shape, {req.shots}-shot fine-tuning"))
     cells["novel-shape/prompt-tune"] = bench.cell(
-        "novel-shape/prompt-tune", lambda: bench.tune(data["novel-shape"], "prompt", f"never-seen shape, {req.shots}-shot"
-                                                      " prompt tuning"))
+        "novel-shape/prompt-tune" + req.variant("prompt"),
+        lambda: bench.tune(data["novel-shape"], "prompt", f"never-seen shape, {req.shots}-shot prompt tuning"))
     for wording in WORDINGS:
         cells[f"seen-shapes/{wording}"] = bench.cell(
             f"seen-shapes/{wording}", lambda w=wording: bench.zero_shot(data["seen-shapes"], w, "seen shapes"))
-    rows = table_rows(cells, req.shots)
+    rows = table_rows(cells, req.shots, req.variant("full"), req.variant("prompt"))
     report = SyntheticReport(out, model.label, rows, cells)
     report.files = write_results(out, report)
     return report
@@ -296,8 +346,10 @@ def _ap(cell: dict[str, Any], key: str) -> float:
     return max(value, 0.0)
 
 
-def table_rows(cells: dict[str, dict[str, Any]], shots: int) -> list[Row]:
-    """The table: one row per measurement, with the issue's targets."""
+def table_rows(cells: dict[str, dict[str, Any]], shots: int, finetune_variant: str = "",
+               prompt_variant: str = "") -> list[Row]:
+    """The table: one row per measurement, with the issue's targets; a tuning run's non-official
+    options (`SyntheticRequest.variant`) are named in its setting."""
     rows = []
     unseen = cells["unseen-combos/plain"]
     ap50 = _ap(unseen, "AP50")
@@ -307,10 +359,12 @@ def table_rows(cells: dict[str, dict[str, Any]], shots: int) -> list[Row]:
     zero, full, prompt = (cells[f"novel-shape/{k}"] for k in ("zero-shot", "finetune", "prompt-tune"))
     z, f, p = (_ap(c, "AP50") for c in (zero, full, prompt))
     rows.append(Row("never-seen shape (arrow)", "zero-shot", _ap(zero, "AP"), z))
-    rows.append(Row("never-seen shape (arrow)", f"{shots}-shot fine-tuning (full model)", _ap(full, "AP"), f,
+    rows.append(Row("never-seen shape (arrow)", f"{shots}-shot fine-tuning (full model{_options(finetune_variant)})",
+                    _ap(full, "AP"), f,
                     target=f"AP50 gain >= {TARGETS['novel_finetune_gain']}",
                     met=(f - z) >= TARGETS["novel_finetune_gain"]))
-    rows.append(Row("never-seen shape (arrow)", f"{shots}-shot prompt tuning (prompt offset only)",
+    rows.append(Row("never-seen shape (arrow)", f"{shots}-shot prompt tuning (prompt offset only"
+                                                f"{_options(prompt_variant)})",
                     _ap(prompt, "AP"), p))
     gain = f - z
     recovered = (p - z) / gain if gain > 0 else None
@@ -329,6 +383,10 @@ def table_rows(cells: dict[str, dict[str, Any]], shots: int) -> list[Row]:
             cell = cells[f"{name}/{wording}"]
             rows.append(Row(f"wording: {label}", f"{wording}: {_example(cell)}", _ap(cell, "AP"), _ap(cell, "AP50")))
     return rows
+
+
+def _options(variant: str) -> str:
+    return "; " + " ".join(variant.removeprefix("--").split("--")) if variant else ""
 
 
 def _example(cell: dict[str, Any]) -> str:
