@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import torch
 from PIL import Image
 
 from glipcli.cli.main import main
-from glipcli.data.batching import ImageFailure, PreparedImage, group_by_size
+from glipcli.data import batching
+from glipcli.data.batching import ImageFailure, PreparedImage, group_by_size, iter_batches, loader_pool
 from glipcli.data.sources import expand_image_args
 from glipcli.device import resolve_device, resolve_dtype
 from glipcli.errors import GlipError
@@ -84,6 +86,31 @@ def test_batches_group_equal_padded_sizes():
     batches = group_by_size(items, batch_size=2, size_divisible=32)
     assert [[i.index for i in b] for b in batches] == [[0, 2], [4, 1], [3]]
     assert sorted(i.index for b in group_by_size(items, 1, 32) for i in b) == [0, 1, 2, 3, 4]
+
+
+def test_loader_threads_outlive_a_call_but_not_a_fork(monkeypatch):
+    """A new loader thread pays torch's per-thread start on its first image, so every call reuses
+    the process's threads; a forked child (another pid) gets its own pool."""
+    from glipcli.config import InputConfig
+
+    threads: list[int] = []
+    prepare = batching.prepare_image
+
+    def recording(*args):
+        threads.append(threading.get_ident())
+        return prepare(*args)
+
+    monkeypatch.setattr(batching, "prepare_image", recording)
+    image = Image.new("RGB", (40, 30))
+    for _ in range(3):
+        assert [len(b) for b in iter_batches([image, image], InputConfig(min_size=32, max_size=64), 1,
+                                             workers=2)] == [1, 1]
+    pool = loader_pool(2)
+    assert pool is loader_pool(2) and set(threads) <= {t.ident for t in pool._threads}
+    assert threading.get_ident() not in threads
+    real_pid = batching.os.getpid()
+    monkeypatch.setattr(batching.os, "getpid", lambda: real_pid + 1)
+    assert loader_pool(2) is not pool
 
 
 # -- batching against single-image runs -----------------------------------------------------------
