@@ -7,9 +7,11 @@
 #   2. GLIP-T eager and from CUDA graphs vs Grounding DINO-T, batch 1 / batch 8, float32 then
 #      bfloat16, timed interleaved in one process (benchmarks/gpu_latency.py --cuda-graphs; the
 #      graphs' first call, the capture, is reported apart);
+#   3. where GLIP-T's batch-1 time goes: preprocessing, backbone, head, post-processing, eager and
+#      graphed, and the busiest operators (benchmarks/gpu_phases.py);
 #   with SUITE_EXTRAS=1 also (about 2.5 minutes more):
-#   3. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk;
-#   4. `glip label` images/s on the GPU (benchmarks/label.py).
+#   4. LVIS, 1203 classes: chunks batched in the head vs one after another vs whole model per chunk;
+#   5. `glip label` images/s on the GPU (benchmarks/label.py).
 # Everything printed goes to $OUT/gpu_suite.log (default OUT: bench-results/gpu), the latency
 # rows also to $OUT/latency_*.json.
 #
@@ -55,11 +57,14 @@ part 130 $PY benchmarks/gpu_latency.py --cuda-graphs --dtypes float32 --cases sh
 part 100 $PY benchmarks/gpu_latency.py --cuda-graphs --dtypes bfloat16 --cases short-1,coco80-1 --runs 10 \
     --json "$OUT/latency_bf16.json"
 
+# 3. Phases of the batch-1 time, float32.
+part 90 $PY benchmarks/gpu_phases.py --cuda-graphs --runs 10 --top 10
+
 if [ "${SUITE_EXTRAS:-0}" = 1 ]; then
-    # 3. LVIS chunks (eager), batched vs one after another, same run.
+    # 4. LVIS chunks (eager), batched vs one after another, same run.
     part 60 $PY benchmarks/lvis.py --device cuda --runs 3 --names "$GLIP_SHARED_DIR/data/lvis_v1_class_names.txt"
 
-    # 4. Labelling throughput on the GPU (one process, batch 8, GLIP-T at the official test size).
+    # 5. Labelling throughput on the GPU (one process, batch 8, GLIP-T at the official test size).
     part 75 $PY benchmarks/label.py --device cuda --processes 1 --images 32 --batch-size 8 --min-size 800 \
         --max-size 1333
 fi
