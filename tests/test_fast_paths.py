@@ -73,7 +73,9 @@ def test_factorized_fusion_gradients_equal_projected():
     ((1, 8, 4, 1), 1, (4, 1)),
     ((1, 8, 1, 1), 1, (1, 1)),
 ])
-def test_grid_sample_deform_conv_equals_torchvision(shape, stride, out_hw):
+@pytest.mark.parametrize("all_taps", [False, True], ids=["tap-by-tap", "all-taps"])
+def test_grid_sample_deform_conv_equals_torchvision(shape, stride, out_hw, all_taps):
+    """Both forms (tap by tap: the CPU's; all nine taps in one sampling: the GPU's) against the reference."""
     torch.manual_seed(sum(shape))
     b, c, _, _ = shape
     x = torch.randn(shape)
@@ -81,7 +83,7 @@ def test_grid_sample_deform_conv_equals_torchvision(shape, stride, out_hw):
     offset = torch.randn(b, 18, *out_hw) * 3  # large: many taps fall outside the map
     mask = torch.rand(b, 9, *out_hw)
     ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
-    out = deform_conv3x3_grid_sample(x, offset, mask, weight, bias, stride)
+    out = deform_conv3x3_grid_sample(x, offset, mask, weight, bias, stride, all_taps=all_taps)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
 
 

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 
 def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
-                               weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1
-                               ) -> torch.Tensor:
+                               weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1,
+                               all_taps: bool | None = None) -> torch.Tensor:
     """x: [B, Cin, H, W]; offset: [B, 18, h, w] ((dy, dx) per tap, row-major taps);
     mask: [B, 9, h, w]; weight: [Cout, Cin, 3, 3]; padding 1. Returns [B, Cout, h, w].
+    all_taps: sample the nine taps in one call (`_all_taps`; None: on a GPU).
 
     Tap by tap: sample the input at the tap's positions ([B, Cin, h*w], the layout grid_sample
     writes), modulate by the tap's mask (a contiguous broadcast), and accumulate W_tap @ samples
@@ -37,6 +38,8 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     # align_corners=True this also maps positions correctly when a side has a single pixel.
     gy = (2.0 * (rows + tap_dy + offset[:, 0::2]) + 1.0) / height - 1.0  # [B, 9, h, w]
     gx = (2.0 * (cols + tap_dx + offset[:, 1::2]) + 1.0) / width - 1.0
+    if x.is_cuda if all_taps is None else all_taps:
+        return _all_taps(x, torch.stack((gx, gy), dim=-1).view(b, 9, h * w, 2), mask, weight, bias, h, w)
     grid = torch.stack((gx, gy), dim=-1).view(b, 9, 1, h * w, 2)
     taps_mask = mask.float().reshape(b, 9, 1, h * w)
     # Sampling runs in float32 (torch's reduced-precision grid_sample CPU kernels are far slower,
@@ -57,6 +60,22 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     if bias is not None:
         out = out + bias.float().view(1, -1, 1)
     return out.to(weight.dtype).view(b, -1, h, w)  # accumulated in float32, returned in the weights' dtype
+
+
+def _all_taps(x: torch.Tensor, grid: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
+    """The GPU form: all nine taps in one grid_sample ([B, Cin, 9, h*w]: CUDA's kernel runs one
+    thread per output position and loops over channels, so one tap at a time leaves most of the
+    device idle) and one product with the weights read as [Cout, Cin*9], whose (channel, tap)
+    order is the samples' own. grid: [B, 9, h*w, 2] normalised (x, y)."""
+    b, cin = x.shape[:2]
+    samples = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    samples = samples * mask.float().view(b, 1, 9, h * w)
+    out = torch.matmul(weight.reshape(weight.shape[0], cin * 9), samples.view(b, cin * 9, h * w).to(weight.dtype))
+    out = out.float()
+    if bias is not None:
+        out = out + bias.float().view(1, -1, 1)
+    return out.to(weight.dtype).view(b, -1, h, w)
 
 
 def modulated_deform_conv3x3(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
