@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from glipcli.modeling.fusion.bi_attention import BiMultiHeadAttention
+from glipcli.modeling.fusion.bi_attention import BiMultiHeadAttention, softmax_over_positions
 from glipcli.modeling.head.deform_conv import deform_conv3x3_grid_sample
 
 
@@ -24,6 +24,18 @@ def test_factorized_fusion_equals_projected(length, real):
     out_v, out_l = attn(v, l, mask)
     torch.testing.assert_close(out_v, ref_v, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out_l, ref_l, rtol=1e-4, atol=1e-4)
+
+
+def test_softmax_over_positions_is_the_same_either_way():
+    """The GPU's order (transpose, then the last-axis softmax) gives the CPU's result."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 300, 24) * 20
+    cpu_way = softmax_over_positions(logits, transpose_first=False)
+    gpu_way = softmax_over_positions(logits, transpose_first=True)
+    assert cpu_way.shape == gpu_way.shape == (2, 24, 300)
+    torch.testing.assert_close(gpu_way, cpu_way, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(cpu_way.sum(-1), torch.ones(2, 24))
+    assert torch.equal(softmax_over_positions(logits), cpu_way)  # on the CPU: the strided softmax
 
 
 def test_factorized_fusion_with_dropout_keeps_the_bias_term(monkeypatch):
