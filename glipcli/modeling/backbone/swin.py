@@ -140,10 +140,11 @@ class WindowAttention(nn.Module):
         else:
             units, images = mask.shape[0], bw // mask.shape[0]
         per_chunk = max(1, per_chunk // images)
-        if torch.is_grad_enabled() or torch.jit.is_tracing() or per_chunk >= units:
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or x.device.type != "cpu" or per_chunk >= units:
             return self._attend(x, mask)
-        # Inference on a large map: a group of windows at a time, so the qkv projection, its
-        # per-head copy and the [windows x heads, N, N] bias exist for one group only.
+        # CPU inference on a large map: a group of windows at a time, so the qkv projection, its
+        # per-head copy and the [windows x heads, N, N] bias exist for one group only (on a GPU,
+        # where memory is not the limit, more groups would only mean more kernel launches).
         out = torch.empty_like(x)
         if mask is None:  # every window alike: any split of the B * nW windows
             for start in range(0, bw, per_chunk):
