@@ -22,6 +22,11 @@ from common import (COCO_CLASSES, SHORT_CLASSES, gdino_step, grounding_dino, mac
                     run_worker, test_image)
 
 PROMPTS = {"short": SHORT_CLASSES, "coco80": COCO_CLASSES}
+# Issue 16's CPU goals, for the 6-class batch-1 case: the float32 peak RSS, and the bfloat16 time
+# as a fraction of Grounding DINO-T's float32 time.
+GOAL_CASE = "glip-short-1"
+FLOAT32_PEAK_RSS_GOAL_GIB = 1.7
+BFLOAT16_RATIO_GOAL = 0.3
 ALL_CASES = [f"{model}-{prompt}-{batch}" for prompt in PROMPTS for batch in (1, 4) for model in ("gdino", "glip")]
 
 
@@ -94,6 +99,23 @@ def main() -> None:
         else:
             print(f"| {case[5:]} | {r['median_s']:.3f} | {base['median_s']:.3f} | "
                   f"{r['median_s'] / base['median_s']:.2f} | {r['peak_rss_gib']:.2f} | {base['peak_rss_gib']:.2f} |")
+    print_goals(results, args)
+
+
+def print_goals(results: dict, args) -> None:
+    """Issue 16's CPU goals for the 6-class batch-1 case, where this run measured them."""
+    glip, gdino = results.get(GOAL_CASE), results.get("gdino" + GOAL_CASE[len("glip"):])
+    if glip is None or args.device != "cpu":
+        return
+    print()
+    if args.dtype == "float32":
+        rss = glip["peak_rss_gib"]
+        print(f"float32 peak RSS ({GOAL_CASE}): {rss:.2f} GiB (goal <= {FLOAT32_PEAK_RSS_GOAL_GIB} GiB: "
+              f"{'met' if rss <= FLOAT32_PEAK_RSS_GOAL_GIB else 'NOT met'})")
+    if args.dtype == "bfloat16" and gdino is not None and args.baseline_dtype == "float32":
+        ratio = glip["median_s"] / gdino["median_s"]
+        print(f"bfloat16 / Grounding DINO-T float32 time ({GOAL_CASE}): {ratio:.2f} (goal <= {BFLOAT16_RATIO_GOAL}: "
+              f"{'met' if ratio <= BFLOAT16_RATIO_GOAL else 'NOT met'})")
 
 
 if __name__ == "__main__":

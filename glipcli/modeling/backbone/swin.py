@@ -20,7 +20,12 @@ from glipcli.config import SwinConfig
 _CROSS_REGION_BIAS = -100.0
 
 
-_MLP_TOKENS_PER_SLICE = 8192
+# Inference runs the MLP over slices of tokens whose hidden activations hold at most this many
+# numbers (8192 tokens at the first stage of GLIP-T, fewer at the wider later stages).
+_MLP_HIDDEN_PER_SLICE = 8192 * 384
+# Inference attends to groups of windows whose qkv projection holds at most this many numbers
+# (8192 tokens at the first stage of GLIP-T; see WindowAttention.forward).
+_ATTENTION_QKV_PER_CHUNK = 8192 * 288
 
 
 def drop_path(x: Tensor, drop_prob: float, training: bool) -> Tensor:
@@ -128,14 +133,41 @@ class WindowAttention(nn.Module):
         """x: [B * nW, N, C] (windows of each image contiguous); mask: [nW, N, N] additive or None
         -> [B * nW, N, C]."""
         bw, n, c = x.shape
+        # windows in a group: of the B * nW alike ones without a mask, else of each image's nW
+        per_chunk = _ATTENTION_QKV_PER_CHUNK // (n * 3 * c)
+        if mask is None:
+            units, images = bw, 1
+        else:
+            units, images = mask.shape[0], bw // mask.shape[0]
+        per_chunk = max(1, per_chunk // images)
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or x.device.type != "cpu" or per_chunk >= units:
+            return self._attend(x, mask)
+        # CPU inference on a large map: a group of windows at a time, so the qkv projection, its
+        # per-head copy and the [windows x heads, N, N] bias exist for one group only (on a GPU,
+        # where memory is not the limit, more groups would only mean more kernel launches).
+        out = torch.empty_like(x)
+        if mask is None:  # every window alike: any split of the B * nW windows
+            for start in range(0, bw, per_chunk):
+                out[start:start + per_chunk] = self._attend(x[start:start + per_chunk], None)
+            return out
+        grouped, out_grouped = x.view(images, units, n, c), out.view(images, units, n, c)
+        for start in range(0, units, per_chunk):
+            windows = slice(start, start + per_chunk)
+            part = grouped[:, windows].reshape(-1, n, c)
+            out_grouped[:, windows] = self._attend(part, mask[windows]).view(images, -1, n, c)
+        return out
+
+    def _attend(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """`forward` over all the given windows at once."""
+        bw, n, c = x.shape
         bias = self.position_bias()  # [nH, N, N]
         nw = 1 if mask is None else mask.shape[0]
         if mask is not None:
             bias = (mask.unsqueeze(1) + bias.unsqueeze(0)).flatten(0, 1)  # [nW * nH, N, N]
         # Fold (window, head) into one axis so the [nW * nH, N, N] bias broadcasts over images
-        # without being copied B times.
-        qkv = self.qkv(x).view(bw // nw, nw, n, 3, self.num_heads, c // self.num_heads)
-        q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).reshape(3, bw // nw, nw * self.num_heads, n, -1)
+        # without being copied B times. (The projection is not kept beside its per-head copy.)
+        q, k, v = self.qkv(x).view(bw // nw, nw, n, 3, self.num_heads, c // self.num_heads).permute(
+            3, 0, 1, 4, 2, 5).reshape(3, bw // nw, nw * self.num_heads, n, -1)
         # Fused kernel; matches the official (q * scale) @ k^T + bias -> softmax -> @ v within ~3e-6.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0), scale=self.scale)
         out = out.view(bw // nw, nw, self.num_heads, n, -1).permute(0, 1, 3, 2, 4)
@@ -181,21 +213,24 @@ class SwinBlock(nn.Module):
         hp, wp = h + pad_h, w + pad_w
         if self.shift:
             y = torch.roll(y, shifts=(-self.shift, -self.shift), dims=(1, 2))
-        y = self.attn(window_partition(y, self.window), mask if self.shift else None)
+        y = window_partition(y, self.window)  # (the shifted map is not kept beside its windows)
+        y = self.attn(y, mask if self.shift else None)
         y = window_reverse(y, self.window, hp, wp)
         if self.shift:
             y = torch.roll(y, shifts=(self.shift, self.shift), dims=(1, 2))
         if pad_h or pad_w:
             y = y[:, :h, :w, :]
         x = x + self.drop_path(y)
+        del y  # the attention branch is not kept while the MLP runs
         # (Traced for ONNX export, a slice count would be frozen at the example's size: one slice.)
         if torch.is_grad_enabled() or torch.jit.is_tracing():
             return x + self.drop_path(self.mlp(self.norm2(x)))
         # Inference: the MLP runs over slices of tokens, added in place, so its 4x-wide hidden
         # activations never exist for the whole map at once (large images, P2-level maps).
         flat = x.view(-1, c)
-        for start in range(0, flat.shape[0], _MLP_TOKENS_PER_SLICE):
-            rows = flat[start:start + _MLP_TOKENS_PER_SLICE]
+        tokens = max(1, _MLP_HIDDEN_PER_SLICE // self.mlp.fc1.out_features)
+        for start in range(0, flat.shape[0], tokens):
+            rows = flat[start:start + tokens]
             rows += self.mlp(self.norm2(rows))
         return x
 
@@ -327,6 +362,7 @@ class SwinTransformer(nn.Module):
             if i > 0:
                 out = getattr(self, f"norm{i}")(out)
             outputs.append(out.permute(0, 3, 1, 2).contiguous())
+            del out  # not kept beside its channels-first copy while the next stage runs
         return outputs
 
 

@@ -183,11 +183,14 @@ class BiAttentionBlock(nn.Module):
         Returns the fused levels (same shapes) and the fused text [B, L, D].
         """
         sizes = [f.shape[-2:] for f in visual]
-        flat = torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2)  # [B, N, C]
-        v = self.layer_norm_v(flat)
+        v = self.layer_norm_v(torch.cat([f.flatten(2) for f in visual], dim=2).transpose(1, 2))  # [B, N, C]
         l = self.layer_norm_l(text)
         delta_v, delta_l = self.attn(v, l, text_mask, has_padding)
-        v = v + self.gamma_v * delta_v
+        in_place = not (torch.is_grad_enabled() or torch.jit.is_tracing())
+        if in_place and v.dtype == delta_v.dtype == self.gamma_v.dtype:
+            v = delta_v.mul_(self.gamma_v).add_(v)  # inference: the same sum, one [B, N, C] map fewer
+        else:
+            v = v + self.gamma_v * delta_v
         l = l + self.gamma_l * delta_l
         v = v.transpose(1, 2)
         out, start = [], 0

@@ -44,7 +44,9 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
     taps_mask = mask.float().reshape(b, 9, 1, h * w)
     # Sampling runs in float32 (torch's reduced-precision grid_sample CPU kernels are far slower,
     # and coordinates need the precision) on a channels-last copy (faster, the same values).
-    source = x.to(torch.float32, memory_format=torch.channels_last)
+    # (`to` copies even a channels-last view, such as a fused level of the head, so it is not asked to.)
+    source = x if x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last) else (
+        x.to(torch.float32, memory_format=torch.channels_last))
     kernel = weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], cin)  # [tap, Cout, Cin]
     differentiable = torch.is_grad_enabled() and any(
         t.requires_grad for t in (x, offset, mask, weight) + ((bias,) if bias is not None else ()))
@@ -57,8 +59,9 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
         # in the weights' dtype (under autocast, matmul itself casts to the autocast dtype)
         contribution = torch.matmul(kernel[tap], samples.to(kernel.dtype)).float()  # [B, Cout, h*w]
         out = contribution if out is None else out + contribution if differentiable else out.add_(contribution)
+        del samples, contribution  # not kept while the next tap is sampled
     if bias is not None:
-        out = out + bias.float().view(1, -1, 1)
+        out = out + bias.float().view(1, -1, 1) if differentiable else out.add_(bias.float().view(1, -1, 1))
     return out.to(weight.dtype).view(b, -1, h, w)  # accumulated in float32, returned in the weights' dtype
 
 

@@ -55,7 +55,20 @@ class DyReLU(nn.Module):
         a2 = (a2 - 0.5) * 2.0
         b1 = b1 - 0.5
         b2 = b2 - 0.5
-        return torch.maximum(x * a1 + b1, x * a2 + b2)
+        if not _in_place_allowed(x, coeffs):
+            return torch.maximum(x * a1 + b1, x * a2 + b2)
+        # the same operations, written into their own temporaries (one map fewer at a time)
+        first = (x * a1).add_(b1)
+        second = (x * a2).add_(b2)
+        return torch.maximum(first, second, out=first)
+
+
+def _in_place_allowed(*tensors: torch.Tensor) -> bool:
+    """Whether an elementwise expression of `tensors` may be written into a temporary: in inference
+    outside tracing (nothing records the temporaries), with one dtype (no type promotion, as
+    under autocast, that an in-place result would not follow)."""
+    return (not torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and len({t.dtype for t in tensors}) == 1)
 
 
 def _reinterpret(t: torch.Tensor, channels: int, h: int, w: int) -> torch.Tensor:
@@ -103,15 +116,39 @@ class DyConv(nn.Module):
             offset = om[:, :18]
             mask = om[:, 18:].sigmoid()
             h, w = x.shape[-2:]
-            branches = [self.same_level(x, offset, mask)]
+            makers = [lambda: self.same_level(x, offset, mask)]
             if level > 0:
-                branches.append(self.from_finer(features[level - 1], offset, mask))
+                makers.append(lambda: self.from_finer(features[level - 1], offset, mask))
             if level < last:
-                coarse = features[level + 1]
-                ch, cw = coarse.shape[-2:]
-                y = self.from_coarser(coarse, _reinterpret(offset, 18, ch, cw),
-                                      _reinterpret(mask, 9, ch, cw))
-                branches.append(F.interpolate(y, size=(h, w), mode="bilinear", align_corners=True))
-            fused = torch.stack([f * self._attend(f) for f in branches]).mean(dim=0)
-            outputs.append(self.dyrelu(fused))
+                makers.append(lambda: self._from_coarser(features[level + 1], offset, mask, (h, w)))
+            outputs.append(self.dyrelu(self._weighted_mean(makers)))
         return outputs
+
+    def _from_coarser(self, coarse: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
+                      size: tuple[int, int]) -> torch.Tensor:
+        """The coarser level's branch, upsampled to `size` (the level's own grid)."""
+        ch, cw = coarse.shape[-2:]
+        y = self.from_coarser(coarse, _reinterpret(offset, 18, ch, cw), _reinterpret(mask, 9, ch, cw))
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=True)
+
+    def _weighted_mean(self, makers: list) -> torch.Tensor:
+        """Mean over the branches [B, C, H, W] made by `makers` of branch * its scale attention.
+
+        In float32 a running sum, made as each branch is (the same additions, in the same order,
+        as a mean over the stacked branches: bitwise equal), keeps one branch at a time; in a
+        reduced precision the branches are stacked, keeping the mean's float32 accumulation."""
+        total, stacked = None, []
+        for make in makers:
+            branch = make()
+            attention = self._attend(branch)
+            # in inference the branch is this layer's own temporary
+            weighted = branch.mul_(attention) if _in_place_allowed(branch, attention) else branch * attention
+            if stacked or (total is None and weighted.dtype != torch.float32):
+                stacked.append(weighted)
+            elif total is None:
+                total = weighted
+            else:
+                total = total.add_(weighted) if _in_place_allowed(total, weighted) else total + weighted
+        if stacked:
+            return torch.stack(stacked).mean(dim=0)
+        return total.div_(len(makers)) if _in_place_allowed(total) else total / len(makers)
