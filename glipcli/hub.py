@@ -65,7 +65,7 @@ HUB_CHECKPOINTS: dict[str, HubCheckpoint] = {
 PACKAGED_WEIGHTS: dict[str, str] = {"nano": "glip_nano.safetensors"}
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 # The command (and seed) that made the packaged nano weights (docs/nano.md).
-NANO_PRETRAIN_COMMAND = ("glip pretrain --preset nano --seed 0 --minutes 60 --output runs/glip-nano "
+NANO_PRETRAIN_COMMAND = ("glip pretrain --preset nano --seed 0 --minutes 60 --world-edition 1 --output runs/glip-nano "
                          "--export glipcli/assets/glip_nano.safetensors")
 
 

@@ -522,3 +522,18 @@ def test_synthetic_table_judges_prompt_tuning_only_against_a_real_fine_tuning_ga
     assert recovery(weak).met is None and "n/a" in recovery(weak).value
     assert table_rows(cells(0.4, 0.3, 0.5), 5)[-7].value == "n/a (no fine-tuning gain)"
     assert real[0].met is True and real[0].ap50 == 0.6  # unseen combinations, zero-shot
+
+
+def test_world_edition_picks_the_pretraining_world(tmp_path, capsys):
+    from glipcli.cli.main import main as cli_main
+    from glipcli.nano.pretrain_runs import new_source
+    from glipcli.nano.synthetic import CLASSIC_SHAPES, WORLD_EDITIONS
+
+    first, second = new_source(None, 10, 0, 1), new_source(None, 10, 0)
+    assert first.world.config == WORLD_EDITIONS[1] and second.world.config == WORLD_EDITIONS[2]
+    assert [first.categories[i] for i in first.category_groups["shape"]] == [s for s in CLASSIC_SHAPES if s != "arrow"]
+    assert len(first.categories) == 102 + 9 + 12 and len(second.categories) == 198 + 17 + 12
+    with pytest.raises(GlipError, match="--world-edition"):
+        new_source(tmp_path, None, 0, 1)
+    code = cli_main(["pretrain", "--world-edition", "3", "--steps", "1", "--output", str(tmp_path / "run")])
+    assert code == 2 and "--world-edition" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -26,6 +26,11 @@ def pretrain(
         callback=ranges.count(1),
         help="Without --data: scenes in the world's pre-training stream (an epoch). (default: 100000)",
         rich_help_panel=DATA)] = None,
+    world_edition: Annotated[Optional[int], typer.Option(
+        callback=ranges.count(1, 2),
+        help="Without --data: the world's edition, 1 (the shipped nano's: 10 shapes) or 2 (18 shapes, "
+             "clutter). (default: 2)",
+        rich_help_panel=DATA)] = None,
     preset: Annotated[Optional[str], typer.Option(
         help="Architecture to pre-train from scratch, with the packaged all-MiniLM-L6-v2 text encoder. "
              "(default: nano)", rich_help_panel=MODEL)] = None,
@@ -131,7 +136,8 @@ def pretrain(
         grounding_ratio=grounding_ratio, max_labels=max_labels, hard_negatives=hard_negatives,
         attribute_labels=attribute_labels, augment=augment, dropout=dropout, mixed_precision=mixed_precision,
         checkpoint_minutes=checkpoint_minutes, log_every=log_every, text_cache=text_cache, num_workers=num_workers)
-    request = PretrainRequest(output=output, data=data, world_images=world_images, preset=preset, init=init,
+    request = PretrainRequest(output=output, data=data, world_images=world_images, world_edition=world_edition,
+                              preset=preset, init=init,
                               options=options, resume=resume, export=export, overwrite=overwrite, cpu=cpu,
                               progress=progress)
     result = run_pretraining(request, console=stderr)

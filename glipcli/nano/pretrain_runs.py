@@ -26,7 +26,7 @@ from glipcli.nano.pretrain import LAYOUT, RUN_FILE, Pretrainer, PretrainResult
 from glipcli.nano.pretrain_config import PretrainConfig
 from glipcli.nano.pretrain_data import CocoGroundingSource, PretrainSource, WorldSource
 from glipcli.nano.pretrain_model import build_pretrain_model
-from glipcli.nano.synthetic import WorldConfig
+from glipcli.nano.synthetic import WORLD_EDITIONS, WorldConfig
 from glipcli.outputs import OutputGuard
 
 WORLD_IMAGES = 100_000  # scenes in the generated world's stream (an epoch), by default
@@ -43,6 +43,7 @@ class PretrainRequest:
     output: str | Path
     data: str | Path | None = None
     world_images: int | None = None
+    world_edition: int | None = None
     preset: str | None = None
     init: str | Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -68,13 +69,18 @@ def read_run(output: Path) -> dict[str, Any]:
     return run
 
 
-def new_source(data: Path | None, world_images: int | None, seed: int) -> PretrainSource:
-    """The source of a new run: `data` (a COCO folder), else the generated world."""
+def new_source(data: Path | None, world_images: int | None, seed: int, world_edition: int | None = None
+               ) -> PretrainSource:
+    """The source of a new run: `data` (a COCO folder), else the generated world (edition 2 unless
+    `world_edition` says otherwise)."""
     if data is not None:
-        if world_images is not None:
-            raise GlipError("--world-images applies to the generated world, not to --data")
+        if world_images is not None or world_edition is not None:
+            raise GlipError("--world-images and --world-edition apply to the generated world, not to --data")
         return CocoGroundingSource(data)
-    return WorldSource(seed=seed, images=world_images if world_images is not None else WORLD_IMAGES)
+    if world_edition is not None and world_edition not in WORLD_EDITIONS:
+        raise GlipError(f"--world-edition must be one of {', '.join(map(str, WORLD_EDITIONS))} (got {world_edition})")
+    return WorldSource(seed=seed, images=world_images if world_images is not None else WORLD_IMAGES,
+                       config=WORLD_EDITIONS[world_edition or 2])
 
 
 def resumed_source(run: dict, data: Path | None, world_images: int | None) -> PretrainSource:
@@ -120,7 +126,8 @@ def _new(request: PretrainRequest, given: dict[str, Any]):
     config = PretrainConfig(**given)
     if request.preset is not None and request.init is not None:
         raise GlipError("give --preset (from scratch) or --init (from weights), not both")
-    source = new_source(None if request.data is None else Path(request.data), request.world_images, config.seed)
+    source = new_source(None if request.data is None else Path(request.data), request.world_images, config.seed,
+                        request.world_edition)
     init = None if request.init is None else Path(request.init)
     model, text_encoder = build_pretrain_model(request.preset or "nano", init=init, seed=config.seed)
     run_info = {"model": {"preset": None if init is not None else (request.preset or "nano"),
@@ -154,10 +161,14 @@ def export_run(trainer: Pretrainer, result: PretrainResult, path: str | Path) ->
     """Write the finished run's shippable weights to `path`, with a summary (and the options that
     replay the run step for step) in the metadata."""
     state, config = result.state, trainer.config
+    replay = f"--seed {config.seed} --steps {state.global_step} --schedule-steps {state.horizon}"
+    described = trainer.source.describe()
+    if described.get("kind") == "world":
+        world = WorldConfig.from_record(described.get("world") or {})
+        replay += "".join(f" --world-edition {n}" for n, edition in WORLD_EDITIONS.items() if edition == world)
     if not state.finished:
         raise GlipError(f"{result.output_dir}: the run has not finished; nothing exported")
     summary = {"steps": state.global_step, "images": state.samples, "train_seconds": round(state.train_seconds, 1),
                "seed": config.seed, "stop_reason": state.stop_reason, "schedule_steps": state.horizon,
-               "source": trainer.source.describe(), "recipe": config.to_dict(),
-               "replay": f"--seed {config.seed} --steps {state.global_step} --schedule-steps {state.horizon}"}
+               "source": described, "recipe": config.to_dict(), "replay": replay}
     return export_weights(trainer.model, path, extra_metadata={"glip_pretrain": json.dumps(summary)})
