@@ -60,8 +60,7 @@ def deform_conv3x3_grid_sample(x: torch.Tensor, offset: torch.Tensor, mask: torc
         contribution = torch.matmul(kernel[tap], samples.to(kernel.dtype)).float()  # [B, Cout, h*w]
         out = contribution if out is None else out + contribution if differentiable else out.add_(contribution)
         del samples, contribution  # not kept while the next tap is sampled
-    if bias is not None:
-        out = out + bias.float().view(1, -1, 1) if differentiable else out.add_(bias.float().view(1, -1, 1))
+    out = _with_bias(out, bias, differentiable)
     return out.to(weight.dtype).view(b, -1, h, w)  # accumulated in float32, returned in the weights' dtype
 
 
@@ -75,10 +74,14 @@ def _all_taps(x: torch.Tensor, grid: torch.Tensor, mask: torch.Tensor, weight: t
     samples = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     samples = samples * mask.float().view(b, 1, 9, h * w)
     out = torch.matmul(weight.reshape(weight.shape[0], cin * 9), samples.view(b, cin * 9, h * w).to(weight.dtype))
-    out = out.float()
-    if bias is not None:
-        out = out + bias.float().view(1, -1, 1)
-    return out.to(weight.dtype).view(b, -1, h, w)
+    return _with_bias(out.float(), bias, differentiable=True).to(weight.dtype).view(b, -1, h, w)
+
+
+def _with_bias(out: torch.Tensor, bias: torch.Tensor | None, differentiable: bool) -> torch.Tensor:
+    """out [B, Cout, h*w] (float32) plus the bias, in place unless autograd needs `out`."""
+    if bias is None:
+        return out
+    return out + bias.float().view(1, -1, 1) if differentiable else out.add_(bias.float().view(1, -1, 1))
 
 
 def modulated_deform_conv3x3(x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor,
